@@ -1,0 +1,3 @@
+"""callscribe: live transcription for phone calls."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Audio helpers: G.711 μ-law codec, resampling, WAV files."""

@@ -1,0 +1,132 @@
+"""The events that flow from engines to sinks: the one currency between the parts of callscribe.
+
+Every engine turns audio into :class:`TranscriptEvent`; the call bridge adds :class:`CallStarted`,
+:class:`CallEnded` and :class:`CallError`; every sink consumes the :data:`Event` union and nothing else.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Track(StrEnum):
+    """A Twilio media track, named as ``media.track`` names it (no ``_track`` suffix)."""
+
+    INBOUND = "inbound"  # the party Twilio receives audio from: the caller
+    OUTBOUND = "outbound"  # what Twilio sends to that party: the dialled agent, <Say>, <Play>
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    """What is known about a call when its stream starts (Twilio's ``start`` message)."""
+
+    call_sid: str
+    stream_sid: str
+    account_sid: str = ""
+    tracks: tuple[Track, ...] = (Track.INBOUND,)
+    custom_parameters: dict[str, str] = field(default_factory=dict)
+    speakers: dict[Track, str] = field(
+        default_factory=lambda: {Track.INBOUND: "caller", Track.OUTBOUND: "agent"}
+    )
+
+    def speaker(self, track: Track) -> str:
+        return self.speakers.get(track, track.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    """One word with its times in seconds on the call's audio clock."""
+
+    word: str
+    start: float
+    end: float
+    confidence: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptEvent:
+    """A partial or final transcript of one utterance of one speaker.
+
+    Partials and the final of one utterance share ``utterance_id``; a consumer replaces what it
+    showed for that id. ``stable_text`` is the prefix of ``text`` the engine will not take back
+    before the final (empty when the engine gives no such promise); the final may still revise it.
+    ``start``/``end`` are seconds from the start of the stream, on the audio clock (gaps filled).
+    ``received_at`` is the wall-clock time (``time.time()``) the engine produced the event.
+    """
+
+    call_sid: str
+    stream_sid: str
+    track: Track
+    speaker: str
+    utterance_id: str
+    text: str
+    is_final: bool
+    start: float
+    end: float
+    words: tuple[Word, ...] = ()
+    language: str | None = None
+    confidence: float | None = None
+    stable_text: str = ""
+    received_at: float = field(default_factory=time.time)
+    engine: str = ""
+
+    type: str = field(default="transcript", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CallStarted:
+    """A stream's ``start`` arrived and its engine session is being opened."""
+
+    call: CallInfo
+    engine: str
+    at: float = field(default_factory=time.time)
+    type: str = field(default="call.started", init=False)
+
+    @property
+    def call_sid(self) -> str:
+        return self.call.call_sid
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnded:
+    """The stream ended (``stop`` or socket closed) and the engine was drained."""
+
+    call_sid: str
+    stream_sid: str
+    reason: str
+    duration: float
+    counters: dict[str, int] = field(default_factory=dict)
+    at: float = field(default_factory=time.time)
+    type: str = field(default="call.ended", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CallError:
+    """Something went wrong for one call (engine refused, network error…); the call goes on."""
+
+    call_sid: str
+    stream_sid: str
+    code: str
+    message: str
+    retrying: bool = False
+    at: float = field(default_factory=time.time)
+    type: str = field(default="call.error", init=False)
+
+
+Event = TranscriptEvent | CallStarted | CallEnded | CallError
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    """A JSON-ready dict of ``event`` (the shape of ``/live`` and the JSON-lines sink)."""
+    data = asdict(event)
+    if isinstance(event, CallStarted):
+        call = data.pop("call")
+        call["tracks"] = [str(t) for t in event.call.tracks]
+        call["speakers"] = {str(k): v for k, v in event.call.speakers.items()}
+        data.update(call)
+    if isinstance(event, TranscriptEvent):
+        data["track"] = str(event.track)
+    return data
