@@ -47,7 +47,8 @@ class Settings(BaseSettings):
     stream_track: Literal["inbound_track", "outbound_track", "both_tracks"] = "both_tracks"
     stream_name: str = "callscribe"
     stream_parameters: dict[str, str] = Field(
-        default_factory=dict, description='JSON object of <Parameter>s added to the <Stream>, e.g. {"tenant":"acme"}'
+        default_factory=dict,
+        description='JSON object of <Parameter>s added to the <Stream>, e.g. {"tenant":"acme"}',
     )
     stream_status_callback: AnyUrl | None = None
     twiml_continue: str = Field(

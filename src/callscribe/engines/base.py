@@ -21,7 +21,7 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 
-from callscribe.events import CallError, CallInfo, TranscriptEvent, Track
+from callscribe.events import CallError, CallInfo, Track, TranscriptEvent
 
 EngineOutput = TranscriptEvent | CallError
 
