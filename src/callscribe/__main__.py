@@ -1,0 +1,5 @@
+import sys
+
+from callscribe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,165 @@
+"""One call's path: Twilio messages in → engine session → events out to the sinks.
+
+The bridge does no socket I/O itself: the ASGI handler hands it each message (``receive``, which
+is synchronous and cheap, so the read loop never waits) and tells it when the socket closed
+(``close``, which waits for the drain). Everything a call produces leaves through ``publish``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from callscribe.engines.base import Engine, EngineBusy, EngineSession
+from callscribe.events import CallEnded, CallError, CallInfo, CallStarted, Event
+from callscribe.protocol.twilio import Audio, Dtmf, Malformed, Started, Stopped, TwilioEvent, TwilioStream
+
+log = logging.getLogger(__name__)
+
+_LOG_FIRST = 5  # malformed messages of one kind logged in full per call, then every 100th
+
+
+class EngineRouter:
+    """Opens sessions on the primary engine, or on the fallback when the primary is at capacity."""
+
+    def __init__(self, primary: Engine, fallback: Engine | None = None) -> None:
+        self.primary = primary
+        self.fallback = fallback
+
+    @property
+    def engines(self) -> list[Engine]:
+        return [e for e in (self.primary, self.fallback) if e is not None]
+
+    def open(self, call: CallInfo) -> tuple[Engine, EngineSession]:
+        try:
+            return self.primary, self.primary.open(call)
+        except EngineBusy:
+            if self.fallback is None:
+                raise
+            log.warning(
+                "call %s: %s at capacity, using %s", call.call_sid, self.primary.name, self.fallback.name
+            )
+            return self.fallback, self.fallback.open(call)
+
+
+class CallBridge:
+    """Drives one Media Streams connection from ``connected`` to the last flushed final."""
+
+    def __init__(
+        self,
+        engines: EngineRouter,
+        publish: Callable[[Event], None],
+        *,
+        speakers: dict | None = None,
+        drain_timeout: float = 8.0,
+    ) -> None:
+        self.stream = TwilioStream(speakers=speakers)
+        self.session: EngineSession | None = None
+        self.refused: str | None = None
+        self._engines = engines
+        self._publish = publish
+        self._drain_timeout = drain_timeout
+        self._pump: asyncio.Task[None] | None = None
+        self._finishing: asyncio.Task[None] | None = None
+        self._starting: asyncio.Task[None] | None = None
+
+    @property
+    def call_sid(self) -> str:
+        return self.stream.call_sid
+
+    @property
+    def done(self) -> bool:
+        return self._finishing is not None and self._finishing.done()
+
+    def receive(self, message: str | bytes) -> None:
+        """Handle one WebSocket message. Never raises on bad input; never waits."""
+        for event in self.stream.receive(message):
+            self._on(event)
+
+    async def close(self) -> None:
+        """The socket closed: stop the stream if Twilio did not, then wait for the drain."""
+        for event in self.stream.close():
+            self._on(event)
+        if self._finishing is not None:
+            await asyncio.shield(self._finishing)
+
+    def _on(self, event: TwilioEvent) -> None:
+        if isinstance(event, Audio):
+            if self.session is not None:
+                self.session.feed(event.track, event.data)
+        elif isinstance(event, Started):
+            self._open(event.call)
+        elif isinstance(event, Stopped):
+            self._finishing = asyncio.create_task(self._finish(event.reason), name=f"finish:{self.call_sid}")
+        elif isinstance(event, Malformed):
+            n = self.stream.counters.malformed[event.kind]
+            if n <= _LOG_FIRST or n % 100 == 0:
+                log.warning(
+                    "call %s: malformed message #%d (%s): %s",
+                    self.call_sid or "?",
+                    n,
+                    event.kind,
+                    event.detail[:200],
+                )
+        elif isinstance(event, Dtmf):
+            log.info("call %s: DTMF %s on %s", self.call_sid, event.digit, event.track)
+
+    def _open(self, call: CallInfo) -> None:
+        try:
+            engine, self.session = self._engines.open(call)
+        except EngineBusy as exc:
+            self.refused = f"at capacity: {exc}"
+            log.warning("call %s refused: %s", call.call_sid, self.refused)
+            self._publish(CallError(call.call_sid, call.stream_sid, "capacity", self.refused))
+            return
+        log.info(
+            "call %s stream %s started: tracks %s, engine %s, parameters %s",
+            call.call_sid,
+            call.stream_sid,
+            "+".join(call.tracks),
+            engine.name,
+            call.custom_parameters,
+        )
+        self._publish(CallStarted(call, engine.name))
+        self._pump = asyncio.create_task(self._pump_events(self.session), name=f"pump:{call.call_sid}")
+        self._starting = asyncio.create_task(self.session.start(), name=f"start:{call.call_sid}")
+        self._starting.add_done_callback(self._started)
+
+    def _started(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        call = self.stream.call
+        assert call is not None
+        log.error("call %s: engine failed to start: %r", call.call_sid, task.exception())
+        self._publish(CallError(call.call_sid, call.stream_sid, "engine.start", repr(task.exception())))
+
+    async def _pump_events(self, session: EngineSession) -> None:
+        async for event in session.events():
+            self._publish(event)
+
+    async def _finish(self, reason: str) -> None:
+        call = self.stream.call
+        session_counters: dict[str, int] = {}
+        if self.session is not None and call is not None:
+            session = self.session
+            try:
+                await session.finish(timeout=self._drain_timeout)
+            except Exception as exc:
+                log.exception("call %s: engine finish failed", call.call_sid)
+                self._publish(CallError(call.call_sid, call.stream_sid, "engine.finish", repr(exc)))
+                await session.aclose()
+            if self._pump is not None:
+                try:
+                    await asyncio.wait_for(self._pump, timeout=self._drain_timeout + 2)
+                except TimeoutError:
+                    log.error("call %s: engine events did not end after finish", call.call_sid)
+                    await session.aclose()
+            session_counters = {f"engine.{k}": v for k, v in session.counters.items()}
+        if call is not None:
+            counters = self.stream.counters.as_dict() | session_counters
+            duration = self.stream.duration()
+            log.info(
+                "call %s ended (%s): %.1f s audio, counters %s", call.call_sid, reason, duration, counters
+            )
+            self._publish(CallEnded(call.call_sid, call.stream_sid, reason, duration, counters))
