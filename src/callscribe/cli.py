@@ -101,13 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     twiml.set_defaults(func=cmd_twiml)
 
     _mount(
+        sub, "demo", "run the gateway and a simulated two-speaker call through it", "callscribe.demo.command"
+    )
+    _mount(
         sub, "fake-gladia", "run a fake Gladia live v2 server for tests and demos", "callscribe.fakes.gladia"
     )
     _mount(
         sub,
         "simulate",
         "stream WAV files to the gateway exactly as Twilio would",
-        "callscribe.simulator.runner",
+        "callscribe.simulator.command",
     )
     return parser
 
