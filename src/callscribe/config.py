@@ -94,6 +94,24 @@ class Settings(BaseSettings):
     local_max_utterance: float = Field(15.0, gt=1, description="Longest utterance before a forced cut (s).")
     local_final_beam: int = Field(5, ge=1, le=10)
 
+    # --- Storage, delivery, fan-out
+    database_url: str = Field(
+        "sqlite+aiosqlite:///callscribe.db",
+        description="SQLAlchemy async URL: a SQLite file by default, postgresql+asyncpg://… for PostgreSQL.",
+    )
+    retention_days: int = Field(0, ge=0, description="Delete calls older than this many days (0 = keep).")
+    store_buffer_max: int = Field(
+        10_000, ge=100, description="Events held in memory while the store is down."
+    )
+    webhook_urls: list[str] = Field(default_factory=list, description="JSON list of webhook endpoints.")
+    webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key that signs webhook bodies.")
+    webhook_events: list[str] = Field(
+        default_factory=lambda: ["call.started", "transcript.final", "trigger.fired", "call.ended"],
+        description="Event types sent to webhooks (transcript.partial is also available).",
+    )
+    webhook_max_attempts: int = Field(8, ge=1, description="Attempts before a delivery is dead-lettered.")
+    redis_url: str | None = Field(None, description="redis://… to fan live events out across instances.")
+
     # --- Sinks
     sinks: list[Literal["console", "jsonl"]] = Field(default_factory=lambda: ["console"])
     jsonl_path: str = Field("-", description="Where the jsonl sink writes ('-' = stdout).")

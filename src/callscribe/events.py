@@ -7,7 +7,7 @@ Every engine turns audio into :class:`TranscriptEvent`; the call bridge adds :cl
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -55,6 +55,7 @@ class TranscriptEvent:
     before the final (empty when the engine gives no such promise); the final may still revise it.
     ``start``/``end`` are seconds from the start of the stream, on the audio clock (gaps filled).
     ``received_at`` is the wall-clock time (``time.time()``) the engine produced the event.
+    ``event_id`` is stamped when the event is published (:func:`with_event_id`).
     """
 
     call_sid: str
@@ -73,6 +74,7 @@ class TranscriptEvent:
     received_at: float = field(default_factory=time.time)
     engine: str = ""
 
+    event_id: str = ""
     type: str = field(default="transcript", init=False)
 
 
@@ -83,6 +85,7 @@ class CallStarted:
     call: CallInfo
     engine: str
     at: float = field(default_factory=time.time)
+    event_id: str = ""
     type: str = field(default="call.started", init=False)
 
     @property
@@ -100,6 +103,7 @@ class CallEnded:
     duration: float
     counters: dict[str, int] = field(default_factory=dict)
     at: float = field(default_factory=time.time)
+    event_id: str = ""
     type: str = field(default="call.ended", init=False)
 
 
@@ -113,10 +117,29 @@ class CallError:
     message: str
     retrying: bool = False
     at: float = field(default_factory=time.time)
+    event_id: str = ""
     type: str = field(default="call.error", init=False)
 
 
 Event = TranscriptEvent | CallStarted | CallEnded | CallError
+
+_last_event_id = 0
+
+
+def next_event_id() -> str:
+    """A new event id: wall-clock nanoseconds, strictly increasing in this process, 20 digits.
+
+    Ids sort in time order as strings, across calls and (within clock skew) across instances, so a
+    feed client can say "everything after the last id I saw" and storage can answer.
+    """
+    global _last_event_id
+    _last_event_id = max(_last_event_id + 1, time.time_ns())
+    return f"{_last_event_id:020d}"
+
+
+def with_event_id(event: Event) -> Event:
+    """``event`` stamped with a new id, unless it already has one."""
+    return event if event.event_id else replace(event, event_id=next_event_id())
 
 
 def event_to_dict(event: Event) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
@@ -35,9 +36,12 @@ CLOSE_POLICY_VIOLATION = 1008
 class Gateway:
     """Everything the routes share: settings, engines, sinks, the calls in progress."""
 
-    def __init__(self, settings: Settings, engines: EngineRouter, sinks: list[Sink]) -> None:
+    def __init__(
+        self, settings: Settings, engines: EngineRouter, sinks: list[Sink], store: Any = None
+    ) -> None:
         self.settings = settings
         self.engines = engines
+        self.store = store  # callscribe.storage.Store, when storage is on
         self.live = LiveHub()
         self.fanout = FanOut([*sinks, self.live])
         self.signatures = SignatureChecker(
@@ -71,9 +75,9 @@ class Gateway:
         return str(self.settings.public_url).rstrip("/") if self.settings.public_url else fallback.rstrip("/")
 
 
-def create_app(settings: Settings, engines: EngineRouter, sinks: list[Sink]) -> FastAPI:
-    """The gateway as an ASGI app; engines and sinks are started in its lifespan."""
-    gw = Gateway(settings, engines, sinks)
+def create_app(settings: Settings, engines: EngineRouter, sinks: list[Sink], store: Any = None) -> FastAPI:
+    """The gateway as an ASGI app; engines, sinks and the store are started in its lifespan."""
+    gw = Gateway(settings, engines, sinks, store)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections import deque
 
-from callscribe.events import Event, TranscriptEvent
+from callscribe.events import Event, TranscriptEvent, with_event_id
 from callscribe.sinks.base import Sink
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ class FanOut:
             w.task = asyncio.create_task(w.run(), name=f"sink:{w.sink.name}")
 
     def publish(self, event: Event) -> None:
+        event = with_event_id(event)
         for w in self._workers:
             w.put(event)
 
