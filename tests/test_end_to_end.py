@@ -8,8 +8,6 @@ back on the gateway's console sink and on /live (as the simulator prints them), 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,9 +15,10 @@ from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
-import httpx
 import orjson
 import pytest
+
+from tests.procs import clean_env, fake_gladia, free_port, running
 
 pytestmark = pytest.mark.slow
 
@@ -28,64 +27,20 @@ SCRIPT = json.loads((DEMO / "script.json").read_text())
 KEY = "e2e-test-key"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-        try:
-            httpx.get(url, timeout=0.5)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise TimeoutError(url)
-
-
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    fake_port, gw_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GLADIA_", "TWILIO_"))}
-    cli = [sys.executable, "-m", "callscribe", "--env-file", "/dev/null"]
-    fake = subprocess.Popen(
-        [
-            *cli,
-            "fake-gladia",
-            "--port",
-            str(fake_port),
-            "--api-key",
-            KEY,
-            "--script",
-            str(DEMO / "script.json"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    console = tmp_path / "serve.out"
-    gw_env = env | {
-        "GLADIA_API_URL": f"http://127.0.0.1:{fake_port}",
-        "GLADIA_API_KEY": KEY,
-        "SINKS": '["console","jsonl"]',
-        "JSONL_PATH": str(tmp_path / "events.jsonl"),
-    }
-    with console.open("wb") as out:
-        gateway = subprocess.Popen(
-            [*cli, "serve", "--port", str(gw_port)], stdout=out, stderr=subprocess.STDOUT, env=gw_env
+    port = free_port()
+    with fake_gladia(DEMO / "script.json", KEY) as gladia_url:
+        env = clean_env(
+            GLADIA_API_URL=gladia_url,
+            GLADIA_API_KEY=KEY,
+            SINKS='["console","jsonl"]',
+            JSONL_PATH=str(tmp_path / "events.jsonl"),
+            DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}",
         )
-    try:
-        wait_http(f"http://127.0.0.1:{fake_port}/v2/live/none", fake)
-        wait_http(f"http://127.0.0.1:{gw_port}/healthz", gateway)
-        yield gw_port, tmp_path
-    finally:
-        for proc in (gateway, fake):
-            proc.terminate()
-            proc.wait(timeout=15)
+        args = ["serve", "--port", str(port)]
+        with running(args, env, f"http://127.0.0.1:{port}/healthz", log=tmp_path / "serve.out"):
+            yield port, tmp_path
 
 
 def test_simulated_call_through_real_processes(processes: tuple[int, Path]) -> None:

@@ -111,6 +111,7 @@ class Settings(BaseSettings):
     )
     webhook_max_attempts: int = Field(8, ge=1, description="Attempts before a delivery is dead-lettered.")
     redis_url: str | None = Field(None, description="redis://… to fan live events out across instances.")
+    redis_channel: str = Field("callscribe:events", description="Redis pub/sub channel of live events.")
 
     # --- Sinks
     sinks: list[Literal["console", "jsonl"]] = Field(default_factory=lambda: ["console"])

@@ -25,8 +25,7 @@ class Subscription:
     dropped_partials: int = 0
     overflowed: bool = False
 
-    def offer(self, event: Event, payload: bytes) -> None:
-        partial = isinstance(event, TranscriptEvent) and not event.is_final
+    def offer(self, partial: bool, payload: bytes) -> None:
         if partial and self.partials_pending >= self.max_partials:
             self.dropped_partials += 1
             return
@@ -70,10 +69,16 @@ class LiveHub(Sink):
         return len(self._subs)
 
     async def handle(self, event: Event) -> None:
+        if self._subs:
+            partial = isinstance(event, TranscriptEvent) and not event.is_final
+            self.broadcast(event_to_dict(event), partial)
+
+    def broadcast(self, data: dict, partial: bool) -> None:
+        """Offer one event (already a dict, e.g. from another instance) to its watchers."""
         if not self._subs:
             return
-        payload = orjson.dumps(event_to_dict(event))
-        call_sid = getattr(event, "call_sid", None)
+        payload = orjson.dumps(data)
+        call_sid = data.get("call_sid")
         for sub in self._subs:
             if sub.call_sid is None or sub.call_sid == call_sid:
-                sub.offer(event, payload)
+                sub.offer(partial, payload)
