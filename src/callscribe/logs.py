@@ -14,3 +14,4 @@ def setup_logging(level: str = "info") -> None:
     )
     # websockets logs every handshake failure at ERROR with a traceback; ours is more useful.
     logging.getLogger("websockets").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # "setup plugin" lines on every start
