@@ -164,6 +164,10 @@ def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Set
         err = exc.errors()[0]
         name = ".".join(str(p) for p in err.get("loc", ())) or "?"
         value = err.get("input")
-        shown = "" if isinstance(value, dict) or "key" in name or "token" in name else f" (got {value!r})"
+        shown = (
+            ""
+            if isinstance(value, dict) or any(s in name for s in ("key", "token", "secret"))
+            else f" (got {value!r})"
+        )
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise ConfigError(f"{name.upper()}: {err['msg']}{shown}{more}") from None
