@@ -42,15 +42,30 @@ def _free_port() -> int:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    settings = load_settings(args.env_file, **({"engine": args.engine} if args.engine else {}),
-                             sinks=[], http_host="127.0.0.1", http_port=_free_port(), public_url=None)
+    settings = load_settings(
+        args.env_file,
+        **({"engine": args.engine} if args.engine else {}),
+        sinks=[],
+        http_host="127.0.0.1",
+        http_port=_free_port(),
+        public_url=None,
+    )
     setup_logging("warning")
     caller = wav_to_ulaw(args.caller or DEMO.joinpath("caller.wav"))
     agent = wav_to_ulaw(args.agent or DEMO.joinpath("agent.wav"))
-    print(f"callscribe demo: engine {settings.resolved_engine}; loading it and starting the gateway…",
-          file=sys.stderr)
-    server = uvicorn.Server(uvicorn.Config(build_app(settings), host=settings.http_host,
-                                           port=settings.http_port, log_level="warning", lifespan="on"))
+    print(
+        f"callscribe demo: engine {settings.resolved_engine}; loading it and starting the gateway…",
+        file=sys.stderr,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            build_app(settings),
+            host=settings.http_host,
+            port=settings.http_port,
+            log_level="warning",
+            lifespan="on",
+        )
+    )
     serving = asyncio.create_task(server.serve())
     while not server.started:
         if serving.done():
@@ -58,12 +73,20 @@ async def _demo(args: argparse.Namespace) -> int:
             return 1
         await asyncio.sleep(0.05)
     url = f"ws://{settings.http_host}:{settings.http_port}/media"
-    print(f"gateway up at {url}; streaming a {len(caller) / 8000:.0f}-second call (caller + agent)…",
-          file=sys.stderr)
+    print(
+        f"gateway up at {url}; streaming a {len(caller) / 8000:.0f}-second call (caller + agent)…",
+        file=sys.stderr,
+    )
     try:
         with Display(quiet=args.quiet) as display:
-            result = await simulate_call(url, caller, agent, realtime=not args.fast,
-                                         on_event=display.event, on_progress=display.progress)
+            result = await simulate_call(
+                url,
+                caller,
+                agent,
+                realtime=not args.fast,
+                on_event=display.event,
+                on_progress=display.progress,
+            )
         print(format_report(result.report))
         return 0 if result.ended and not result.error else 1
     finally:

@@ -1,7 +1,8 @@
-"""The ASGI application: TwiML webhook, Media Streams WebSocket, live feed, health.
+"""The ASGI application: TwiML webhook, Media Streams WebSocket, health; the API, feeds and page.
 
 Routes only move bytes; the call logic lives in :mod:`callscribe.bridge`, the protocol in
-:mod:`callscribe.protocol.twilio`, delivery in :mod:`callscribe.sinks`.
+:mod:`callscribe.protocol.twilio`, delivery in :mod:`callscribe.sinks`; the REST API, the live feeds
+(``/live``, ``/events``) and the agent's page (``/``) are routers of their own.
 """
 
 from __future__ import annotations
@@ -10,16 +11,17 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
-from starlette.websockets import WebSocketDisconnect, WebSocketState
+from fastapi.staticfiles import StaticFiles
 
 from callscribe import __version__
 from callscribe.bridge import CallBridge, EngineRouter
 from callscribe.config import Settings
+from callscribe.server import api, feeds, page
 from callscribe.server.signature import SignatureChecker
 from callscribe.server.twiml import MEDIA_PATH, build_twiml, stream_url
 from callscribe.sinks.base import Sink
@@ -43,7 +45,12 @@ class Gateway:
         self.engines = engines
         self.store = store  # callscribe.storage.Store, when storage is on
         self.live = LiveHub()
-        self.fanout = FanOut([*sinks, self.live])
+        fanned: list[Sink] = [*sinks, self.live]
+        if settings.redis_url:  # other instances' screens see this instance's calls, and back
+            from callscribe.sinks.redis_bus import RedisBus
+
+            fanned.append(RedisBus(settings.redis_url, self.live, channel=settings.redis_channel))
+        self.fanout = FanOut(fanned)
         self.signatures = SignatureChecker(
             settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else None
         )
@@ -89,6 +96,11 @@ def create_app(settings: Settings, engines: EngineRouter, sinks: list[Sink], sto
 
     app = FastAPI(title="callscribe", version=__version__, lifespan=lifespan)
     app.state.gateway = gw
+    app.include_router(api.router)
+    app.include_router(feeds.router)
+    app.include_router(page.router)
+    app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")
+    api.unique_operation_ids(app)
 
     @app.api_route("/twiml", methods=["GET", "POST"], response_class=Response)
     async def twiml(request: Request) -> Response:
@@ -133,41 +145,6 @@ def create_app(settings: Settings, engines: EngineRouter, sinks: list[Sink], sto
             await bridge.close()
             gw.calls.discard(bridge)
 
-    async def _watch(ws: WebSocket, call_sid: str | None) -> None:
-        await ws.accept()
-        sub = gw.live.subscribe(call_sid)
-        hangup = asyncio.create_task(_wait_disconnect(ws))
-        try:
-            while True:
-                nxt = asyncio.create_task(sub.next())
-                done, _ = await asyncio.wait({nxt, hangup}, return_when=asyncio.FIRST_COMPLETED)
-                if hangup in done:
-                    nxt.cancel()
-                    return
-                payload = nxt.result()
-                if payload is None:
-                    await ws.close(code=CLOSE_TRY_AGAIN_LATER, reason="too slow: events were dropped")
-                    return
-                await ws.send_text(payload.decode())
-        except (WebSocketDisconnect, RuntimeError):
-            return
-        finally:
-            gw.live.unsubscribe(sub)
-            hangup.cancel()
-            if ws.application_state is WebSocketState.CONNECTED:
-                with suppress(Exception):
-                    await ws.close()
-
-    @app.websocket("/live")
-    async def live_all(ws: WebSocket) -> None:
-        """Every event of every call, as JSON text messages."""
-        await _watch(ws, None)
-
-    @app.websocket("/live/{call_sid}")
-    async def live_call(ws: WebSocket, call_sid: str) -> None:
-        """Every event of one call (it may not have started yet)."""
-        await _watch(ws, call_sid)
-
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         """Liveness: the process answers, with what it is doing."""
@@ -185,14 +162,6 @@ def create_app(settings: Settings, engines: EngineRouter, sinks: list[Sink], sto
         )
 
     return app
-
-
-async def _wait_disconnect(ws: WebSocket) -> None:
-    """Returns when the watcher goes away (anything it sends is ignored: the feed is read-only)."""
-    while True:
-        message = await ws.receive()
-        if message["type"] == "websocket.disconnect":
-            return
 
 
 def build_app(settings: Settings) -> FastAPI:
