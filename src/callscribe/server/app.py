@@ -21,7 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from callscribe import __version__
 from callscribe.bridge import CallBridge, EngineRouter
 from callscribe.config import Settings
-from callscribe.server import api, feeds, page
+from callscribe.server import api, api_webhooks, feeds, page
 from callscribe.server.signature import SignatureChecker
 from callscribe.server.twiml import MEDIA_PATH, build_twiml, stream_url
 from callscribe.sinks.base import Sink
@@ -45,7 +45,17 @@ class Gateway:
         self.engines = engines
         self.store = store  # callscribe.storage.Store, when storage is on
         self.live = LiveHub()
+        self.webhooks: Any = None
+        self._retention: asyncio.Task[None] | None = None
         fanned: list[Sink] = [*sinks, self.live]
+        if store is not None:
+            from callscribe.sinks.store import StoreSink
+
+            fanned.append(StoreSink(store))
+            if settings.webhook_urls:  # registers its outbox hook on the store: before events flow
+                from callscribe.webhooks import WebhookWorker
+
+                self.webhooks = WebhookWorker(store, settings)
         if settings.redis_url:  # other instances' screens see this instance's calls, and back
             from callscribe.sinks.redis_bus import RedisBus
 
@@ -65,6 +75,16 @@ class Gateway:
             )
         for engine in self.engines.engines:
             await engine.startup()
+        if self.store is not None:
+            await self.store.start()
+            if self.webhooks is not None:
+                await self.webhooks.start()
+            if self.settings.retention_days:
+                from callscribe.server.retention import retention_loop
+
+                self._retention = asyncio.create_task(
+                    retention_loop(self.store, self.settings.retention_days)
+                )
         await self.fanout.start()
 
     async def shutdown(self) -> None:
@@ -75,6 +95,12 @@ class Gateway:
                 timeout=self.settings.drain_timeout + 2,
             )
         await self.fanout.close()
+        if self._retention is not None:
+            self._retention.cancel()
+        if self.webhooks is not None:
+            await self.webhooks.close()
+        if self.store is not None:
+            await self.store.close()
         for engine in self.engines.engines:
             await engine.shutdown()
 
@@ -99,6 +125,7 @@ def create_app(settings: Settings, engines: EngineRouter, sinks: list[Sink], sto
     app.include_router(api.router)
     app.include_router(feeds.router)
     app.include_router(page.router)
+    app.include_router(api_webhooks.router)
     app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")
     api.unique_operation_ids(app)
 
@@ -168,6 +195,8 @@ def build_app(settings: Settings) -> FastAPI:
     """The app as ``callscribe serve`` runs it: engines and sinks from ``settings``."""
     from callscribe.engines import create_engines
     from callscribe.sinks import create_sinks
+    from callscribe.storage import Store
 
     primary, fallback = create_engines(settings)
-    return create_app(settings, EngineRouter(primary, fallback), create_sinks(settings))
+    store = Store.from_url(settings.database_url, buffer_max=settings.store_buffer_max)
+    return create_app(settings, EngineRouter(primary, fallback), create_sinks(settings), store)
