@@ -15,6 +15,7 @@ from pydantic import AnyUrl, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from callscribe.events import Track
+from callscribe.server.auth import SecuritySettings
 
 
 class EngineChoice(StrEnum):
@@ -23,11 +24,15 @@ class EngineChoice(StrEnum):
     GLADIA = "gladia"
 
 
-class Settings(BaseSettings):
+class Settings(SecuritySettings, BaseSettings):
     """Everything callscribe can be told. ``callscribe config`` prints the effective values."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        hide_input_in_errors=True,
     )
 
     # --- HTTP server
@@ -39,6 +44,36 @@ class Settings(BaseSettings):
         "<Stream url> and to check X-Twilio-Signature. Unset: taken from each request's Host.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="'json': one JSON object per line, with call_sid/stream_sid (containers)."
+    )
+    workers: int = Field(1, ge=1, description="Worker processes for `callscribe serve` (gunicorn + uvicorn).")
+
+    # --- Limits (every one has a default; 0 never means 'unlimited')
+    max_calls: int = Field(200, ge=1, description="Concurrent Media Streams per worker; the next is refused.")
+    over_capacity: Literal["refuse", "no-stream"] = Field(
+        "no-stream",
+        description="Voice webhook at MAX_CALLS: 'no-stream' answers TwiML without <Stream> (the call "
+        "goes on untranscribed), 'refuse' answers <Reject reason=busy>.",
+    )
+    idle_timeout: float = Field(30.0, gt=0, description="No media for this many seconds ends the stream (s).")
+    max_call_duration: float = Field(4 * 3600.0, gt=0, description="Longest stream before it is ended (s).")
+    ws_max_message_bytes: int = Field(
+        65_536, ge=1024, description="Largest WebSocket message accepted (a 20 ms media frame is ~400 B)."
+    )
+    engine_buffer_seconds: float = Field(
+        120.0, gt=0, description="Audio per track held while an engine is down, then oldest dropped (s)."
+    )
+    drain_deadline: float = Field(
+        25.0, gt=0, description="On SIGTERM, open calls may go on this long before they are finished (s)."
+    )
+
+    # --- Observability
+    metrics_enabled: bool = Field(True, description="Serve Prometheus /metrics.")
+    otel_enabled: bool | None = Field(
+        None, description="OpenTelemetry traces; default on when OTEL_EXPORTER_OTLP_ENDPOINT is set."
+    )
+    otel_service_name: str = "callscribe"
 
     # --- Twilio
     twilio_auth_token: SecretStr | None = Field(
@@ -112,6 +147,21 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(8, ge=1, description="Attempts before a delivery is dead-lettered.")
     redis_url: str | None = Field(None, description="redis://… to fan live events out across instances.")
     redis_channel: str = Field("callscribe:events", description="Redis pub/sub channel of live events.")
+
+    # --- Real-time intelligence
+    redact: bool = Field(True, description="Mask PCI/PII before any sink, log or feed sees text.")
+    redact_entities: list[Literal["card", "cvv", "expiry", "ssn", "phone", "email"]] = Field(
+        default_factory=lambda: ["card", "cvv", "expiry", "ssn", "phone", "email"],
+        description="Entities masked (JSON list).",
+    )
+    redact_card_mask: str = Field("[card ending {last4}]", description="Mask of a card number.")
+    redact_hold_seconds: float = Field(
+        2.5, ge=0, description="How long a final that ends in a possible card prefix waits for the next final."
+    )
+    triggers_path: str | None = Field(None, description="TOML or YAML file of phrase triggers (hot-reloaded).")
+    notes_llm_url: str | None = Field(None, description="OpenAI-compatible base URL for a written summary.")
+    notes_llm_model: str = "gpt-4o-mini"
+    notes_llm_api_key: SecretStr | None = None
 
     # --- Sinks
     sinks: list[Literal["console", "jsonl"]] = Field(default_factory=lambda: ["console"])

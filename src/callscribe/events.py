@@ -103,6 +103,7 @@ class CallEnded:
     duration: float
     counters: dict[str, int] = field(default_factory=dict)
     at: float = field(default_factory=time.time)
+    notes: dict[str, Any] | None = None  # end-of-call notes (callscribe.intelligence.notes), when built
     event_id: str = ""
     type: str = field(default="call.ended", init=False)
 
@@ -121,7 +122,31 @@ class CallError:
     type: str = field(default="call.error", init=False)
 
 
-Event = TranscriptEvent | CallStarted | CallEnded | CallError
+@dataclass(frozen=True, slots=True)
+class TriggerFired:
+    """A phrase-trigger rule matched an utterance (agent assist); fires once per rule and utterance.
+
+    ``matched`` is the (already redacted) text that matched; ``payload`` is the rule's own data
+    (a knowledge-base link, a script…), passed through untouched.
+    """
+
+    call_sid: str
+    stream_sid: str
+    rule_id: str
+    utterance_id: str
+    track: Track
+    speaker: str
+    matched: str
+    text: str
+    is_final: bool
+    severity: str = "info"
+    payload: dict[str, Any] = field(default_factory=dict)
+    at: float = field(default_factory=time.time)
+    event_id: str = ""
+    type: str = field(default="trigger.fired", init=False)
+
+
+Event = TranscriptEvent | CallStarted | CallEnded | CallError | TriggerFired
 
 _last_event_id = 0
 
@@ -150,6 +175,6 @@ def event_to_dict(event: Event) -> dict[str, Any]:
         call["tracks"] = [str(t) for t in event.call.tracks]
         call["speakers"] = {str(k): v for k, v in event.call.speakers.items()}
         data.update(call)
-    if isinstance(event, TranscriptEvent):
+    if isinstance(event, TranscriptEvent | TriggerFired):
         data["track"] = str(event.track)
     return data
