@@ -1,0 +1,1 @@
+"""Real-time intelligence on transcripts: redaction, phrase triggers, end-of-call notes."""
