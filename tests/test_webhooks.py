@@ -20,6 +20,7 @@ from callscribe.config import Settings, load_settings
 from callscribe.events import CallEnded, CallError, CallInfo, CallStarted, Event, Track, TranscriptEvent
 from callscribe.events import with_event_id as stamp
 from callscribe.server.api_webhooks import router
+from callscribe.server.auth import install_auth
 from callscribe.storage import Store
 from callscribe.webhooks import WebhookWorker, sign, verify
 from callscribe.webhooks.outbox import Outbox, build_body, webhook_type, with_transcript
@@ -243,6 +244,7 @@ async def until_listed(
 def api_client(store: Store) -> httpx.AsyncClient:
     app = FastAPI()
     app.state.gateway = SimpleNamespace(store=store)
+    install_auth(app, load_settings(None))  # no keys configured: auth off, the admin route is open
     app.include_router(router)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
 

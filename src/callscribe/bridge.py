@@ -72,6 +72,24 @@ class CallBridge:
     def done(self) -> bool:
         return self._finishing is not None and self._finishing.done()
 
+    @property
+    def started(self) -> bool:
+        """The stream's ``start`` arrived."""
+        return self.stream.call is not None
+
+    def reject(self, kind: str, detail: str) -> None:
+        """Count and log a message refused before parsing (e.g. oversize); the call goes on."""
+        self.stream.counters.messages += 1
+        self.stream.counters.malformed[kind] += 1
+        self._on(Malformed(kind, detail))
+
+    def end(self, reason: str) -> None:
+        """End the stream now (idle, too long, draining): as if Twilio had sent ``stop``."""
+        for event in self.stream.close():
+            if isinstance(event, Stopped):
+                event = Stopped(reason)
+            self._on(event)
+
     def receive(self, message: str | bytes) -> None:
         """Handle one WebSocket message. Never raises on bad input; never waits."""
         for event in self.stream.receive(message):

@@ -16,32 +16,34 @@ def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    settings = _settings(
+        args, http_host=args.host, http_port=args.port, engine=args.engine, workers=args.workers
+    )
+    if settings.workers > 1:
+        # before anything imports prometheus_client: the workers' metrics go to shared files
+        from callscribe.server.serving import prepare_metrics_dir
 
+        prepare_metrics_dir()
     from callscribe.logs import setup_logging
-    from callscribe.server.app import build_app
+    from callscribe.server import serving
 
-    settings = _settings(args, http_host=args.host, http_port=args.port, engine=args.engine)
-    setup_logging(settings.log_level)
-    app = build_app(settings)
+    setup_logging(settings.log_level, settings.log_format)
     base = (
         str(settings.public_url).rstrip("/")
         if settings.public_url
         else f"http://{settings.http_host}:{settings.http_port}"
     )
     print(
-        f"callscribe {__version__}: engine {settings.resolved_engine}, voice webhook {base}/twiml, "
-        f"live feed {base.replace('http', 'ws', 1)}/live",
+        f"callscribe {__version__}: engine {settings.resolved_engine}, {settings.workers} worker(s), "
+        f"voice webhook {base}/twiml, live feed {base.replace('http', 'ws', 1)}/live",
         file=sys.stderr,
     )
-    uvicorn.run(
-        app,
-        host=settings.http_host,
-        port=settings.http_port,
-        log_level=settings.log_level,
-        ws_max_size=1 << 20,
-        lifespan="on",
-    )
+    if settings.workers > 1:
+        serving.serve_workers(settings, args.env_file)
+    else:
+        from callscribe.server.app import build_app
+
+        serving.serve_single(build_app(settings), settings)
     return 0
 
 
@@ -90,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="interface (HTTP_HOST)")
     serve.add_argument("--port", type=int, help="port (HTTP_PORT)")
     serve.add_argument("--engine", choices=["auto", "local", "gladia"], help="engine (ENGINE)")
+    serve.add_argument("--workers", type=int, help="worker processes (WORKERS; >1 runs gunicorn)")
     serve.set_defaults(func=cmd_serve)
 
     config = sub.add_parser("config", help="print the effective configuration, secrets masked")

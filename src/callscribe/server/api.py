@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from callscribe.server.auth import require
 from callscribe.transcripts.formats import FORMATS, render
 
 TranscriptFormat = Literal["json", "txt", "srt", "vtt"]
@@ -144,7 +145,8 @@ async def list_calls(
 async def live_calls(request: Request) -> list[dict[str, Any]]:
     """Calls streaming to this gateway instance right now (works without storage)."""
     out = []
-    for bridge in list(request.app.state.gateway.calls):
+    for media in list(request.app.state.gateway.calls):
+        bridge = media.bridge
         call = bridge.stream.call
         if call is None or bridge.done:
             continue
@@ -229,7 +231,13 @@ async def get_events(store: Store, call_sid: CallSid) -> list[dict[str, Any]]:
     return await store.call_events(call_sid)
 
 
-@router.delete("/calls/{call_sid}", status_code=204, response_class=Response, responses=NOT_FOUND)
+@router.delete(
+    "/calls/{call_sid}",
+    status_code=204,
+    response_class=Response,
+    responses=NOT_FOUND,
+    dependencies=[Depends(require("admin"))],
+)
 async def delete_call(store: Store, call_sid: CallSid) -> Response:
     """Delete the call, its utterances and its events."""
     if not await store.delete_call(call_sid):

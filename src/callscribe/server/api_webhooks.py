@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from callscribe.server.auth import require
 from callscribe.storage.models import WebhookAttempt, WebhookOutbox
 
 DeliveryStatus = Literal["pending", "delivered", "dead"]
@@ -134,6 +135,7 @@ async def list_deliveries(
         404: {"model": ErrorBody, "description": "No such delivery."},
         409: {"model": ErrorBody, "description": "The delivery is not dead."},
     },
+    dependencies=[Depends(require("admin"))],
 )
 async def retry_delivery(store: Store, delivery_id: Annotated[int, Path(ge=1)]) -> Delivery:
     """Re-queue a dead delivery, due now, with a fresh budget of attempts (its log is kept)."""

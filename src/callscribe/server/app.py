@@ -1,38 +1,43 @@
 """The ASGI application: TwiML webhook, Media Streams WebSocket, health; the API, feeds and page.
 
-Routes only move bytes; the call logic lives in :mod:`callscribe.bridge`, the protocol in
-:mod:`callscribe.protocol.twilio`, delivery in :mod:`callscribe.sinks`; the REST API, the live feeds
-(``/live``, ``/events``) and the agent's page (``/``) are routers of their own.
+Routes only move bytes; the call logic lives in :mod:`callscribe.bridge`, a connection's limits in
+:mod:`callscribe.server.media`, the protocol in :mod:`callscribe.protocol.twilio`, delivery in
+:mod:`callscribe.sinks`; the REST API, the live feeds (``/live``, ``/events``) and the agent's page
+(``/``) are routers of their own, behind the tokens of :mod:`callscribe.server.auth`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, WebSocket
+from fastapi import Depends, FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from callscribe import __version__
-from callscribe.bridge import CallBridge, EngineRouter
+from callscribe.bridge import EngineRouter
 from callscribe.config import Settings
+from callscribe.events import Event
+from callscribe.observability import metrics
 from callscribe.server import api, api_webhooks, feeds, page
-from callscribe.server.signature import SignatureChecker
-from callscribe.server.twiml import MEDIA_PATH, build_twiml, stream_url
+from callscribe.server.auth import install_auth, require
+from callscribe.server.media import CLOSE_GOING_AWAY, MediaCall, refuse
+from callscribe.server.signature import SignatureChecker, request_facts, websocket_facts
+from callscribe.server.twiml import MEDIA_PATH, build_twiml
 from callscribe.sinks.base import Sink
 from callscribe.sinks.fanout import FanOut
 from callscribe.sinks.live import LiveHub
 
 log = logging.getLogger(__name__)
 
-# WebSocket close codes we send.
-CLOSE_TRY_AGAIN_LATER = 1013  # at capacity / too slow: come back later
-CLOSE_POLICY_VIOLATION = 1008
+#: Gateways started in this process; ``callscribe serve``'s signal handling drains them.
+RUNNING: set[Gateway] = set()
 
 
 class Gateway:
@@ -61,11 +66,53 @@ class Gateway:
 
             fanned.append(RedisBus(settings.redis_url, self.live, channel=settings.redis_channel))
         self.fanout = FanOut(fanned)
+        token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else None
         self.signatures = SignatureChecker(
-            settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else None
+            token,
+            public_url=str(settings.public_url) if settings.public_url else None,
+            trusted_proxies=settings.trusted_proxies,
         )
-        self.calls: set[CallBridge] = set()
+        self.calls: set[MediaCall] = set()
+        self._no_calls = asyncio.Event()
+        self._no_calls.set()
+        self.background: set[asyncio.Future[Any]] = set()
+        self.draining = False
         self.started_at = time.time()
+
+    def publish(self, event: Event) -> None:
+        """Where every call's events enter delivery (synchronous, cheap: the audio path calls it)."""
+        self.fanout.publish(event)
+
+    def add_call(self, call: MediaCall) -> None:
+        self.calls.add(call)
+        self._no_calls.clear()
+        metrics.ACTIVE_CALLS.inc()
+
+    def remove_call(self, call: MediaCall) -> None:
+        if call in self.calls:
+            self.calls.discard(call)
+            metrics.ACTIVE_CALLS.dec()
+        if not self.calls:
+            self._no_calls.set()
+
+    @property
+    def at_capacity(self) -> bool:
+        return len(self.calls) >= self.settings.max_calls
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready = takes new calls: not draining and below MAX_CALLS.
+
+        A store outage is reported but does not make the instance unready: events are buffered
+        (bounded) and written when it comes back, and every instance shares the same store.
+        """
+        checks: dict[str, Any] = {
+            "draining": self.draining,
+            "capacity": f"{len(self.calls)}/{self.settings.max_calls}",
+        }
+        ok = not self.draining and not self.at_capacity
+        if self.store is not None:
+            checks["store"] = "ok" if self.store.healthy else "unavailable (buffering)"
+        return ok, checks
 
     async def startup(self) -> None:
         if not self.signatures.enabled:
@@ -86,12 +133,48 @@ class Gateway:
                     retention_loop(self.store, self.settings.retention_days)
                 )
         await self.fanout.start()
+        RUNNING.add(self)
+
+    async def drain(self, deadline: float | None = None) -> float:
+        """Stop taking calls, let open calls go on up to ``deadline`` s, then finish each one.
+
+        Returns the seconds it took. Afterwards every call's last finals are in every sink's hands
+        (the store, the live feed, webhooks' outbox), so the server may close connections and exit.
+        """
+        t0 = time.monotonic()
+        deadline = self.settings.drain_deadline if deadline is None else deadline
+        if not self.draining:
+            self.draining = True
+            metrics.DRAINING.set(1)
+            log.warning(
+                "draining: readiness off, no new calls; %d open call(s) may go on for up to %.0f s",
+                len(self.calls),
+                deadline,
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._no_calls.wait(), deadline)
+        if self.calls:
+            log.warning("drain deadline reached: finishing %d call(s)", len(self.calls))
+            await asyncio.gather(
+                *(c.end("drained", CLOSE_GOING_AWAY) for c in list(self.calls)), return_exceptions=True
+            )
+        await self.fanout.flush(timeout=self.settings.drain_timeout)
+        await self.live.flush(timeout=2.0)  # watchers' sockets close right after this
+        if self.store is not None:
+            try:
+                await asyncio.wait_for(self.store.flush(), self.settings.drain_timeout)
+            except (TimeoutError, RuntimeError):
+                log.error("drain: the store did not commit everything in time (kept in its buffer)")
+        took = time.monotonic() - t0
+        log.info("drained in %.2f s", took)
+        return took
 
     async def shutdown(self) -> None:
+        RUNNING.discard(self)
         if self.calls:
             log.info("waiting for %d call(s) to drain", len(self.calls))
             await asyncio.wait(
-                [asyncio.create_task(c.close()) for c in list(self.calls)],
+                [asyncio.ensure_future(c.end("shutdown", CLOSE_GOING_AWAY)) for c in list(self.calls)],
                 timeout=self.settings.drain_timeout + 2,
             )
         await self.fanout.close()
@@ -103,9 +186,6 @@ class Gateway:
             await self.store.close()
         for engine in self.engines.engines:
             await engine.shutdown()
-
-    def public_base(self, fallback: str) -> str:
-        return str(self.settings.public_url).rstrip("/") if self.settings.public_url else fallback.rstrip("/")
 
 
 def create_app(settings: Settings, engines: EngineRouter, sinks: list[Sink], store: Any = None) -> FastAPI:
@@ -122,55 +202,71 @@ def create_app(settings: Settings, engines: EngineRouter, sinks: list[Sink], sto
 
     app = FastAPI(title="callscribe", version=__version__, lifespan=lifespan)
     app.state.gateway = gw
-    app.include_router(api.router)
-    app.include_router(feeds.router)
-    app.include_router(page.router)
-    app.include_router(api_webhooks.router)
+    install_auth(app, settings)
+    read = [Depends(require("read"))]
+    app.include_router(api.router, dependencies=read)
+    app.include_router(feeds.router, dependencies=read)
+    app.include_router(page.router)  # the page itself holds no data; what it fetches needs a token
+    app.include_router(api_webhooks.router, dependencies=read)
     app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")
     api.unique_operation_ids(app)
 
     @app.api_route("/twiml", methods=["GET", "POST"], response_class=Response)
     async def twiml(request: Request) -> Response:
         """Twilio's voice webhook: answer with <Start><Stream> to /media and a continuation."""
-        params = dict(request.query_params)
-        form: dict[str, str] = {}
-        if request.method == "POST":
-            form = {k: str(v) for k, v in (await request.form()).items()}
-        base = gw.public_base(str(request.base_url))
-        signed_url = base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        if not gw.signatures.valid(signed_url, form, request.headers.get("x-twilio-signature")):
-            log.warning("voice webhook refused: bad X-Twilio-Signature for %s", signed_url)
+        facts = await request_facts(request)
+        verdict = gw.signatures.check(facts)
+        if not verdict:
+            metrics.SIGNATURE_REJECTIONS.labels(kind="http").inc()
+            log.warning("voice webhook refused from %s: %s", facts.client_ip, verdict.log_text())
             return Response("invalid X-Twilio-Signature\n", status_code=403, media_type="text/plain")
-        fields = params | form
+        fields = dict(request.query_params) | {k: v for k, v in (facts.form or [])}
         extra = {k.lower(): fields[k] for k in ("From", "To") if fields.get(k)}
+        base = gw.signatures.external_base(facts)
+        if gw.draining or gw.at_capacity:
+            reason = "draining" if gw.draining else "capacity"
+            metrics.CALLS_REFUSED.labels(reason=reason).inc()
+            log.warning(
+                "voice webhook for %s: %s, answering OVER_CAPACITY=%s",
+                fields.get("CallSid", "?"),
+                reason,
+                settings.over_capacity,
+            )
+            return Response(build_twiml(settings, base, extra, stream=False), media_type="application/xml")
         return Response(build_twiml(settings, base, extra), media_type="application/xml")
 
     @app.websocket(MEDIA_PATH)
     async def media(ws: WebSocket) -> None:
         """Twilio Media Streams: one connection per stream."""
-        signed_url = stream_url(gw.public_base(f"{ws.url.scheme}://{ws.url.netloc}"))
-        if not gw.signatures.valid(signed_url, None, ws.headers.get("x-twilio-signature")):
-            log.warning("media stream refused: bad X-Twilio-Signature for %s from %s", signed_url, ws.client)
-            await ws.close(code=CLOSE_POLICY_VIOLATION)  # before accept: the handshake gets a 403
+        facts = websocket_facts(ws)
+        verdict = gw.signatures.check(facts)
+        if not verdict:
+            metrics.SIGNATURE_REJECTIONS.labels(kind="websocket").inc()
+            metrics.CALLS_REFUSED.labels(reason="signature").inc()
+            log.warning("media stream refused from %s: %s", facts.client_ip, verdict.log_text())
+            await ws.close(code=1008)  # before accept: the handshake gets a 403
+            return
+        if gw.draining or gw.at_capacity:
+            reason = "draining" if gw.draining else "capacity"
+            await refuse(
+                ws,
+                reason,
+                lambda: log.warning(
+                    "media stream from %s refused: %s (%d/%d calls)",
+                    facts.client_ip,
+                    reason,
+                    len(gw.calls),
+                    settings.max_calls,
+                ),
+            )
             return
         await ws.accept()
-        bridge = CallBridge(
-            gw.engines, gw.fanout.publish, speakers=settings.speakers, drain_timeout=settings.drain_timeout
-        )
-        gw.calls.add(bridge)
+        call = MediaCall(gw, ws)
+        gw.add_call(call)
         try:
-            while True:
-                message = await ws.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
-                text = message.get("text")
-                bridge.receive(text if text is not None else message.get("bytes") or b"")
-                if bridge.refused:
-                    await ws.close(code=CLOSE_TRY_AGAIN_LATER, reason="callscribe at capacity")
-                    break
+            await call.run()
         finally:
-            await bridge.close()
-            gw.calls.discard(bridge)
+            gw.remove_call(call)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -182,11 +278,28 @@ def create_app(settings: Settings, engines: EngineRouter, sinks: list[Sink], sto
                 "uptime_s": round(time.time() - gw.started_at, 1),
                 "engines": [e.describe() for e in gw.engines.engines],
                 "active_calls": len(gw.calls),
+                "max_calls": settings.max_calls,
+                "draining": gw.draining,
                 "live_watchers": gw.live.watchers,
                 "sinks": gw.fanout.stats(),
                 "signature_check": gw.signatures.enabled,
             }
         )
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Readiness: 200 while this instance takes new calls; 503 while draining, full or storeless."""
+        ok, checks = gw.readiness()
+        return JSONResponse({"ready": ok, **checks}, status_code=200 if ok else 503)
+
+    if settings.metrics_enabled:
+        guard = read if settings.metrics_require_auth else []
+
+        @app.get("/metrics", dependencies=guard, include_in_schema=False)
+        async def metrics_route() -> Response:
+            """Prometheus exposition (all workers' figures under ``WORKERS`` > 1)."""
+            body, content_type = metrics.render_metrics()
+            return Response(body, media_type=content_type)
 
     return app
 

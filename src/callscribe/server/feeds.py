@@ -24,6 +24,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, WebSocket
 from fastapi.responses import StreamingResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from callscribe.server.auth import accept_subprotocol
 from callscribe.sinks.live import LiveHub, Subscription
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ async def watch_ws(ws: WebSocket, call_sid: str | None) -> None:
     except ValueError:
         await ws.close(code=CLOSE_POLICY_VIOLATION)  # before accept: the handshake gets a 403
         return
-    await ws.accept()
+    await ws.accept(subprotocol=accept_subprotocol(ws))
     async with _feed(ws, call_sid, last) as feed:
         hangup = asyncio.create_task(_wait_disconnect(ws))
         try:

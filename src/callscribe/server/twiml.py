@@ -24,9 +24,25 @@ def stream_url(base_url: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
-def build_twiml(settings: Settings, base_url: str, extra_parameters: dict[str, str] | None = None) -> str:
-    """TwiML that streams the call to ``base_url``'s /media and then continues as configured."""
+def build_twiml(
+    settings: Settings,
+    base_url: str,
+    extra_parameters: dict[str, str] | None = None,
+    *,
+    stream: bool = True,
+) -> str:
+    """TwiML that streams the call to ``base_url``'s /media and then continues as configured.
+
+    ``stream=False`` (the gateway is full or draining) answers per ``OVER_CAPACITY``: the call goes
+    on untranscribed ('no-stream'), or is rejected as busy ('refuse').
+    """
     response = VoiceResponse()
+    if not stream:
+        if settings.over_capacity == "refuse":
+            response.reject(reason="busy")
+            return str(response)
+        _continue(settings, response)
+        return str(response)
     start = Start()
     stream = start.stream(
         url=stream_url(base_url),
@@ -38,6 +54,11 @@ def build_twiml(settings: Settings, base_url: str, extra_parameters: dict[str, s
         if value and len(name) + len(value) <= _PARAM_LIMIT:
             stream.parameter(name=name, value=value)
     response.append(start)
+    _continue(settings, response)
+    return str(response)
+
+
+def _continue(settings: Settings, response: VoiceResponse) -> None:
     kind, _, arg = settings.twiml_continue.partition(":")
     if kind == "dial":
         response.dial(arg)
@@ -45,4 +66,3 @@ def build_twiml(settings: Settings, base_url: str, extra_parameters: dict[str, s
         response.redirect(arg)
     else:  # without something after <Start>, Twilio hangs up at once
         response.pause(length=int(arg))
-    return str(response)

@@ -31,6 +31,7 @@ class _SinkWorker:
         self.delivered = 0
         self.task: asyncio.Task[None] | None = None
         self.closing = False
+        self.busy = False
 
     def put(self, event: Event) -> None:
         if _droppable(event):
@@ -47,6 +48,7 @@ class _SinkWorker:
                 event = self.queue.popleft()
                 if _droppable(event):
                     self.partials_pending -= 1
+                self.busy = True
                 try:
                     await self.sink.handle(event)
                     self.delivered += 1
@@ -58,6 +60,8 @@ class _SinkWorker:
                         event.type,
                         getattr(event, "call_sid", "?"),
                     )
+                finally:
+                    self.busy = False
             if self.closing:
                 return
             self.wake.clear()
@@ -94,6 +98,17 @@ class FanOut:
             }
             for w in self._workers
         }
+
+    async def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every sink has handled everything published so far; False on timeout."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while any(w.queue or w.busy for w in self._workers):
+            if loop.time() >= end:
+                log.error("fan-out: sinks still busy after %.0f s: %s", timeout, self.stats())
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
     async def close(self, timeout: float = 10.0) -> None:
         """Deliver what is queued (up to ``timeout``), then close every sink."""

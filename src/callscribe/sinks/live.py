@@ -64,6 +64,17 @@ class LiveHub(Sink):
     def unsubscribe(self, sub: Subscription) -> None:
         self._subs.discard(sub)
 
+    async def flush(self, timeout: float = 2.0) -> bool:
+        """Wait until every watcher has been sent what it was offered (the drain calls this)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while any(s.queue and not s.overflowed for s in self._subs):
+            if loop.time() >= end:
+                return False
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)  # the last send_text() in flight
+        return True
+
     @property
     def watchers(self) -> int:
         return len(self._subs)

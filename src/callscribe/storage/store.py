@@ -165,6 +165,11 @@ class Store:
         await waiter
 
     @property
+    def healthy(self) -> bool:
+        """False while writes are failing (events are buffered and retried)."""
+        return self._outage_since is None
+
+    @property
     def buffered(self) -> int:
         return len(self._queue) + len(self._inflight)
 

@@ -38,6 +38,34 @@
   };
   window.callscribe = state; // handy in the console and for tests
 
+  // API token (when the server has auth on): opened once as /?token=…, then kept for this tab only,
+  // and taken out of the address bar so it is not bookmarked or shared by accident.
+  const TOKEN_KEY = "callscribe.token";
+  (() => {
+    const url = new URL(location.href);
+    const t = url.searchParams.get("token");
+    if (t) {
+      sessionStorage.setItem(TOKEN_KEY, t);
+      url.searchParams.delete("token");
+      history.replaceState(null, "", url.pathname + url.search + url.hash);
+    }
+  })();
+  const token = () => sessionStorage.getItem(TOKEN_KEY);
+  let asked = false;
+  async function api(path) {
+    const t = token();
+    const r = await fetch(path, t ? { headers: { Authorization: `Bearer ${t}` } } : {});
+    if (r.status === 401 && !asked) {
+      asked = true; // ask once per page load; a wrong token shows as an empty list, not a prompt loop
+      const entered = window.prompt("This callscribe server needs an API token (read scope):");
+      if (entered) {
+        sessionStorage.setItem(TOKEN_KEY, entered.trim());
+        return api(path);
+      }
+    }
+    return r;
+  }
+
   // ------------------------------------------------------------------ helpers
 
   function el(tag, attrs = {}, ...children) {
@@ -248,7 +276,7 @@
     // stored yet, "0" asks the feed for every stored final of this call, so none can fall between.
     let resumeFrom = "0";
     try {
-      const r = await fetch(`/api/calls/${encodeURIComponent(sid)}/transcript?format=json`);
+      const r = await api(`/api/calls/${encodeURIComponent(sid)}/transcript?format=json`);
       if (gen !== state.generation) return;
       if (r.ok) {
         const body = await r.json();
@@ -269,7 +297,12 @@
   function connect(gen, lastEventId) {
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
     const q = lastEventId ? `?last_event_id=${encodeURIComponent(lastEventId)}` : "";
-    const ws = new WebSocket(`${proto}//${location.host}/live/${encodeURIComponent(state.callSid)}${q}`);
+    const t = token();
+    // Browsers cannot set headers on a WebSocket: the token rides as the subprotocol pair "bearer, <token>".
+    const ws = new WebSocket(
+      `${proto}//${location.host}/live/${encodeURIComponent(state.callSid)}${q}`,
+      t ? ["bearer", t] : undefined,
+    );
     state.ws = ws;
     setConnection(state.backoff > 500 ? "Reconnecting…" : "Connecting…", "connecting");
     ws.onopen = () => {
@@ -341,7 +374,7 @@
   let lastLive = "";
   async function pollLive() {
     try {
-      const r = await fetch("/api/live");
+      const r = await api("/api/live");
       if (r.ok) {
         const calls = await r.json();
         state.liveSids = new Set(calls.map((c) => c.call_sid));
@@ -361,7 +394,7 @@
   let lastRecent = "";
   async function pollRecent() {
     try {
-      const r = await fetch("/api/calls?limit=20");
+      const r = await api("/api/calls?limit=20");
       if (r.status === 503) {
         els.recentEmpty.textContent = "Storage is off: only live calls are shown.";
         els.recentEmpty.hidden = false;
