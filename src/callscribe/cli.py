@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 
@@ -39,6 +40,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if settings.workers > 1:
+        if not settings.redis_url:
+            logging.getLogger("callscribe").warning(
+                "WORKERS=%d without REDIS_URL: each worker's /live and /events show only its own calls",
+                settings.workers,
+            )
         serving.serve_workers(settings, args.env_file)
     else:
         from callscribe.server.app import build_app
