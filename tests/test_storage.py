@@ -29,6 +29,7 @@ from callscribe.events import (
     Event,
     Track,
     TranscriptEvent,
+    TriggerFired,
     Word,
     event_to_dict,
     with_event_id,
@@ -120,8 +121,23 @@ async def test_events_round_trip(store: Store) -> None:
     f1 = final("CA1", "Hello, I need a refund", start=0.5)
     f2 = final("CA1", "Sure, let me check", start=2.0, track=Track.OUTBOUND)
     err = with_event_id(CallError("CA1", "MZCA1", "engine_timeout", "no answer", retrying=True))
-    end = ended("CA1")
-    submit_all(store, [start, f1, partial("CA1", "Sure let"), f2, err, end])
+    trig = with_event_id(
+        TriggerFired(
+            "CA1",
+            "MZCA1",
+            "refund",
+            "CA1-0.5",
+            Track.INBOUND,
+            "caller",
+            "need a refund",
+            "Hello, I need a refund",
+            False,
+            "warning",
+            {"kb": "https://kb/refunds"},
+        )
+    )
+    end = replace(ended("CA1"), notes={"topics": ["refund"], "talk_time": {"caller": 1.5}})
+    submit_all(store, [start, f1, partial("CA1", "Sure let"), trig, f2, err, end])
     await settle(store)
 
     call = await store.get_call("CA1")
@@ -142,6 +158,7 @@ async def test_events_round_trip(store: Store) -> None:
         "counters": {"frames": 500, "gaps": 2, "malformed": 1},
         "last_event_id": end.event_id,
         "utterance_count": 2,
+        "notes": {"topics": ["refund"], "talk_time": {"caller": 1.5}},
     }
     assert datetime.fromisoformat(call["started_at"]) == datetime.fromtimestamp(start.at, UTC)
     assert datetime.fromisoformat(call["ended_at"]).tzinfo is not None
@@ -168,7 +185,26 @@ async def test_events_round_trip(store: Store) -> None:
         "received_at": f2.received_at,
     }
     events = await store.call_events("CA1")
-    assert events == [
+    assert [e["type"] for e in events] == ["call.error", "trigger.fired"]  # in time order
+    assert events[1] == {
+        "event_id": trig.event_id,
+        "call_sid": "CA1",
+        "type": "trigger.fired",
+        "code": "refund",
+        "message": "need a refund",
+        "payload": {
+            "stream_sid": "MZCA1",
+            "utterance_id": "CA1-0.5",
+            "track": "inbound",
+            "speaker": "caller",
+            "text": "Hello, I need a refund",
+            "is_final": False,
+            "severity": "warning",
+            "payload": {"kb": "https://kb/refunds"},
+        },
+        "at": datetime.fromtimestamp(trig.at, UTC).isoformat(),
+    }
+    assert events[:1] == [
         {
             "event_id": err.event_id,
             "call_sid": "CA1",
@@ -181,7 +217,7 @@ async def test_events_round_trip(store: Store) -> None:
     ]
     assert store.stats == {
         "buffered": 0,
-        "written": 5,
+        "written": 6,
         "retries": 0,
         "dropped_on_overflow": 0,
         "rejected": 0,
@@ -629,7 +665,7 @@ async def test_migrations_are_idempotent_and_safe_when_instances_race(db_url: st
         await stores[0].close()
         stores[0] = Store.from_url(db_url)
         await stores[0].start()  # and again, on a migrated database
-        assert await migrate.current_revision(stores[0].engine) == "0001"
+        assert await migrate.current_revision(stores[0].engine) == "0002"
     finally:
         for s in stores:
             await s.close()
@@ -661,7 +697,7 @@ async def test_migrations_are_safe_when_processes_race(db_url: str) -> None:
     assert [p.returncode for p in procs] == [0, 0], [err.decode()[-2000:] for _, err in results]
     engine = make_engine(db_url)
     try:
-        assert await migrate.current_revision(engine) == "0001"
+        assert await migrate.current_revision(engine) == "0002"
     finally:
         await engine.dispose()
 

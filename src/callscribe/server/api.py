@@ -49,6 +49,9 @@ class CallSummary(BaseModel):
     counters: dict[str, Any] | None = None
     utterance_count: int | None = Field(None, description="finals stored")
     last_event_id: str | None = None
+    notes: dict[str, Any] | None = Field(
+        None, description="end-of-call notes (talk time, triggers, redactions, topics…) once ended"
+    )
 
 
 class CallList(BaseModel):
@@ -166,6 +169,15 @@ async def live_calls(request: Request) -> list[dict[str, Any]]:
 async def get_call(store: Store, call_sid: CallSid) -> dict[str, Any]:
     """One stored call."""
     return await _call_or_404(store, call_sid)
+
+
+@router.get("/calls/{call_sid}/notes", responses=NOT_FOUND | {409: {"description": "The call has not ended."}})
+async def get_notes(store: Store, call_sid: CallSid) -> dict[str, Any]:
+    """The call's end-of-call notes: talk time, silence and overlap, triggers, redactions, topics."""
+    call = await _call_or_404(store, call_sid)
+    if call.get("notes") is None:
+        raise HTTPException(409, f"call {call_sid!r} has no notes yet (status {call.get('status')})")
+    return dict(call["notes"])
 
 
 def _negotiate(accept: str | None) -> str:

@@ -71,6 +71,7 @@ class Call(Base):
     ended_at: Mapped[datetime | None]
     duration: Mapped[float | None] = mapped_column(sa.Double)  # seconds of audio
     counters: Mapped[dict[str, Any]] = mapped_column(default=dict)  # frames, gaps, malformed…
+    notes: Mapped[dict[str, Any] | None] = mapped_column(JSONType)  # end-of-call notes (0002)
     last_event_id: Mapped[str | None] = mapped_column(sa.String(32))
 
     __table_args__ = (

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from callscribe.events import CallEnded, CallError, CallStarted, Event, TranscriptEvent
+from callscribe.events import CallEnded, CallError, CallStarted, Event, TranscriptEvent, TriggerFired
 from callscribe.storage.models import call_events, calls, utterances
 
 _E = TypeVar("_E", CallStarted, CallEnded)
@@ -92,6 +92,27 @@ def _utterance_row(e: TranscriptEvent) -> dict[str, Any]:
     }
 
 
+def _trigger_row(e: TriggerFired) -> dict[str, Any]:
+    return {
+        "event_id": e.event_id,
+        "call_sid": e.call_sid,
+        "type": e.type,
+        "code": e.rule_id,
+        "message": e.matched,
+        "payload": {
+            "stream_sid": e.stream_sid,
+            "utterance_id": e.utterance_id,
+            "track": str(e.track),
+            "speaker": e.speaker,
+            "text": e.text,
+            "is_final": e.is_final,
+            "severity": e.severity,
+            "payload": e.payload,
+        },
+        "at": _ts(e.at),
+    }
+
+
 def _error_row(e: CallError) -> dict[str, Any]:
     return {
         "event_id": e.event_id,
@@ -108,7 +129,7 @@ async def write_batch(session: AsyncSession, events: Sequence[Event]) -> None:
     """Write ``events`` (storable ones, in submission order) inside the caller's transaction."""
     started = [e for e in events if isinstance(e, CallStarted)]
     finals = [e for e in events if isinstance(e, TranscriptEvent) and e.is_final]
-    errors = [e for e in events if isinstance(e, CallError)]
+    errors = [e for e in events if isinstance(e, CallError | TriggerFired)]
     ended = [e for e in events if isinstance(e, CallEnded)]
 
     if started:
@@ -134,7 +155,8 @@ async def write_batch(session: AsyncSession, events: Sequence[Event]) -> None:
         await session.execute(stmt, [_utterance_row(e) for e in finals])
     if errors:
         stmt = _insert(session, call_events).on_conflict_do_nothing(index_elements=["event_id"])
-        await session.execute(stmt, [_error_row(e) for e in errors])
+        rows = [_trigger_row(e) if isinstance(e, TriggerFired) else _error_row(e) for e in errors]
+        await session.execute(stmt, rows)
 
     if ended:
         stmt = (
@@ -146,6 +168,7 @@ async def write_batch(session: AsyncSession, events: Sequence[Event]) -> None:
                 ended_at=sa.bindparam("b_at", type_=calls.c.ended_at.type),
                 duration=sa.bindparam("b_duration"),
                 counters=sa.bindparam("b_counters", type_=calls.c.counters.type),
+                notes=sa.bindparam("b_notes", type_=calls.c.notes.type),
             )
         )
         rows = [
@@ -155,6 +178,7 @@ async def write_batch(session: AsyncSession, events: Sequence[Event]) -> None:
                 "b_at": _ts(e.at),
                 "b_duration": e.duration,
                 "b_counters": dict(e.counters),
+                "b_notes": e.notes,
             }
             for e in _last_per_call(ended)
         ]
