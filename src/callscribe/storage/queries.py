@@ -42,7 +42,7 @@ def call_dict(row: sa.Row[Any]) -> dict[str, Any]:
         "counters": m["counters"],
         "last_event_id": m["last_event_id"],
         "utterance_count": m["utterance_count"],
-        "notes": m["notes"] if "notes" in m else None,
+        "notes": m.get("notes"),
     }
 
 
