@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-QUEUE_DEPTH = Gauge("callscribe_local_queue_depth", "Decodes waiting for a worker.", ["kind"])
+# multiprocess_mode: under several workers (PROMETHEUS_MULTIPROC_DIR) the gauges sum over live workers.
+QUEUE_DEPTH = Gauge(
+    "callscribe_local_queue_depth", "Decodes waiting for a worker.", ["kind"], multiprocess_mode="livesum"
+)
 DECODE_SECONDS = Histogram(
     "callscribe_local_decode_seconds",
     "Wall time of one decode.",
@@ -23,7 +26,9 @@ QUEUE_WAIT_SECONDS = Histogram(
     ["kind"],
     buckets=(0.0, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
 )
-ACTIVE_SESSIONS = Gauge("callscribe_local_active_sessions", "Calls being transcribed.")
+ACTIVE_SESSIONS = Gauge(
+    "callscribe_local_active_sessions", "Calls being transcribed.", multiprocess_mode="livesum"
+)
 PARTIALS_SKIPPED = Counter(
     "callscribe_local_partials_skipped_total", "Partial decodes folded into a newer one (coalesced)."
 )
