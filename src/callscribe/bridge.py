@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
+from callscribe.audit import MetricsTally, call_audit
 from callscribe.engines.base import Engine, EngineBusy, EngineSession
-from callscribe.events import CallEnded, CallError, CallInfo, CallStarted, Event
+from callscribe.events import CallEnded, CallError, CallInfo, CallStarted, Event, TranscriptEvent
+from callscribe.observability import metrics
+from callscribe.observability.context import bind_call
+from callscribe.observability.tracing import OpenSpan, call_span
 from callscribe.protocol.twilio import Audio, Dtmf, Malformed, Started, Stopped, TwilioEvent, TwilioStream
 
 log = logging.getLogger(__name__)
@@ -63,6 +68,13 @@ class CallBridge:
         self._pump: asyncio.Task[None] | None = None
         self._finishing: asyncio.Task[None] | None = None
         self._starting: asyncio.Task[None] | None = None
+        self._fed = 0  # audio bytes handed to the engine session
+        self._no_engine = 0  # audio bytes that arrived with no session to take them (refused call)
+        self._audio_t0: float | None = None  # wall clock of the first audio: maps stream time to wall time
+        self._partials_seen: set[str] = set()
+        self.tally = MetricsTally()
+        self.span: OpenSpan | None = None
+        self._engine_span: OpenSpan | None = None
 
     @property
     def call_sid(self) -> str:
@@ -102,10 +114,19 @@ class CallBridge:
         if self._finishing is not None:
             await asyncio.shield(self._finishing)
 
+    def push_metrics(self) -> None:
+        """Move this call's counters into Prometheus (deltas; called a few times a second)."""
+        self.tally.push(self.stream.counters, self.session.counters if self.session else {})
+
     def _on(self, event: TwilioEvent) -> None:
         if isinstance(event, Audio):
             if self.session is not None:
                 self.session.feed(event.track, event.data)
+                self._fed += len(event.data)
+            else:
+                self._no_engine += len(event.data)
+            if self._audio_t0 is None:
+                self._audio_t0 = time.time() - len(event.data) / 8000
         elif isinstance(event, Started):
             self._open(event.call)
         elif isinstance(event, Stopped):
@@ -124,9 +145,12 @@ class CallBridge:
             log.info("call %s: DTMF %s on %s", self.call_sid, event.digit, event.track)
 
     def _open(self, call: CallInfo) -> None:
+        bind_call(call.call_sid, call.stream_sid)  # log lines of this task and its children carry them
+        self.span = call_span(call.call_sid, call.stream_sid, tracks="+".join(call.tracks))
         try:
             engine, self.session = self._engines.open(call)
         except EngineBusy as exc:
+            self.span.end(error="engine at capacity", outcome="refused")
             self.refused = f"at capacity: {exc}"
             log.warning("call %s refused: %s", call.call_sid, self.refused)
             self._publish(CallError(call.call_sid, call.stream_sid, "capacity", self.refused))
@@ -139,6 +163,8 @@ class CallBridge:
             engine.name,
             call.custom_parameters,
         )
+        self.tally.engine_name = engine.name
+        self._engine_span = self.span.start_child("engine.session", engine=engine.name)
         self._publish(CallStarted(call, engine.name))
         self._pump = asyncio.create_task(self._pump_events(self.session), name=f"pump:{call.call_sid}")
         self._starting = asyncio.create_task(self.session.start(), name=f"start:{call.call_sid}")
@@ -154,7 +180,19 @@ class CallBridge:
 
     async def _pump_events(self, session: EngineSession) -> None:
         async for event in session.events():
+            if isinstance(event, TranscriptEvent) and self._audio_t0 is not None:
+                self._observe_latency(event)
             self._publish(event)
+
+    def _observe_latency(self, event: TranscriptEvent) -> None:
+        """End of speech → final, start of speech → first partial, on the stream's wall clock."""
+        assert self._audio_t0 is not None
+        if event.is_final:
+            metrics.FINAL_LATENCY.observe(max(0.0, event.received_at - (self._audio_t0 + event.end)))
+            self._partials_seen.discard(event.utterance_id)
+        elif event.utterance_id not in self._partials_seen:
+            self._partials_seen.add(event.utterance_id)
+            metrics.FIRST_PARTIAL_LATENCY.observe(max(0.0, event.received_at - (self._audio_t0 + event.start)))
 
     async def _finish(self, reason: str) -> None:
         call = self.stream.call
@@ -174,8 +212,19 @@ class CallBridge:
                     log.error("call %s: engine events did not end after finish", call.call_sid)
                     await session.aclose()
             session_counters = {f"engine.{k}": v for k, v in session.counters.items()}
+        if self._engine_span is not None:
+            self._engine_span.end()
         if call is not None:
-            counters = self.stream.counters.as_dict() | session_counters
+            engine_counters = self.session.counters if self.session is not None else {}
+            self.push_metrics()
+            audit = call_audit(self.stream.counters, self._fed, self._no_engine, engine_counters)
+            if audit["audit.balance"] != 0:
+                log.error("call %s: audio ledger does not balance: %s", call.call_sid, audit)
+            counters = self.stream.counters.as_dict() | session_counters | audit
+            outcome = "refused" if self.refused else reason if reason in metrics.CALL_OUTCOMES else "completed"
+            metrics.CALLS.labels(outcome=outcome).inc()
+            if self.span is not None:
+                self.span.end(outcome=outcome, reason=reason, audio_seconds=self.stream.duration())
             duration = self.stream.duration()
             log.info(
                 "call %s ended (%s): %.1f s audio, counters %s", call.call_sid, reason, duration, counters

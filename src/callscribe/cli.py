@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -20,8 +21,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(
         args, http_host=args.host, http_port=args.port, engine=args.engine, workers=args.workers
     )
-    if settings.workers > 1:
-        # before anything imports prometheus_client: the workers' metrics go to shared files
+    if settings.workers > 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # before anything imports prometheus_client: the workers' metrics go to shared files (a
+        # preset directory is emptied even for one worker: it may hold a previous container's)
         from callscribe.server.serving import prepare_metrics_dir
 
         prepare_metrics_dir()

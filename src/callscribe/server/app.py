@@ -25,6 +25,8 @@ from callscribe.bridge import EngineRouter
 from callscribe.config import Settings
 from callscribe.events import Event
 from callscribe.observability import metrics
+from callscribe.observability.looplag import LoopLagMonitor
+from callscribe.observability.tracing import setup_tracing, shutdown_tracing
 from callscribe.server import api, api_webhooks, feeds, page
 from callscribe.server.auth import install_auth, require
 from callscribe.server.media import CLOSE_GOING_AWAY, MediaCall, refuse
@@ -78,6 +80,7 @@ class Gateway:
         self.background: set[asyncio.Future[Any]] = set()
         self.draining = False
         self.started_at = time.time()
+        self.loop_lag = LoopLagMonitor()
 
     def publish(self, event: Event) -> None:
         """Where every call's events enter delivery (synchronous, cheap: the audio path calls it)."""
@@ -115,6 +118,9 @@ class Gateway:
         return ok, checks
 
     async def startup(self) -> None:
+        if setup_tracing(self.settings.otel_service_name, self.settings.otel_enabled):
+            log.info("OpenTelemetry traces on (OTLP exporter)")
+        self.loop_lag.start()
         if not self.signatures.enabled:
             log.warning(
                 "TWILIO_AUTH_TOKEN is not set: X-Twilio-Signature is NOT checked; anyone who can "
@@ -186,6 +192,8 @@ class Gateway:
             await self.store.close()
         for engine in self.engines.engines:
             await engine.shutdown()
+        await self.loop_lag.stop()
+        shutdown_tracing()
 
 
 def create_app(settings: Settings, engines: EngineRouter, sinks: list[Sink], store: Any = None) -> FastAPI:
@@ -281,6 +289,7 @@ def create_app(settings: Settings, engines: EngineRouter, sinks: list[Sink], sto
                 "max_calls": settings.max_calls,
                 "draining": gw.draining,
                 "live_watchers": gw.live.watchers,
+                "event_loop_lag": gw.loop_lag.snapshot(),
                 "sinks": gw.fanout.stats(),
                 "signature_check": gw.signatures.enabled,
             }

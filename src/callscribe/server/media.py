@@ -93,6 +93,7 @@ class MediaCall:
         seen, quiet_since = -1, time.monotonic()
         while self.ended_by is None:
             await asyncio.sleep(tick)
+            self.bridge.push_metrics()
             now = time.monotonic()
             frames = self.bridge.stream.counters.media_frames
             if frames != seen:
