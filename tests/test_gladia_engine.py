@@ -286,8 +286,12 @@ async def test_session_closed_by_gladia_mid_call(fake: FakeGladia) -> None:
         await wait_for(lambda: bool(run.errors))
         await run.play({IN: 0.5, OUT: 0.5})
         await run.finish(timeout=1.0)
-    assert [e.code for e in run.errors] == ["gladia.session_closed"]
-    assert run.session.counters["reconnects"] == 0 and run.session.counters["dropped_bytes"] > 0
+    assert [(e.code, e.retrying) for e in run.errors] == [("gladia.session_closed", True)]
+    # a normal close is never resumed: a new Gladia session takes the rest of the call, nothing lost
+    counters = run.session.counters
+    assert counters["reconnects"] == 0 and counters["sessions"] == len(fake.sessions) == 2
+    assert counters["dropped_bytes"] == counters["bytes_dropped"] == 0
+    assert counters["bytes_delivered"] == counters["bytes_fed"] == 16000
 
 
 async def test_unrecoverable_session_is_reported(fake: FakeGladia) -> None:

@@ -62,7 +62,10 @@ class Settings(SecuritySettings, BaseSettings):
         65_536, ge=1024, description="Largest WebSocket message accepted (a 20 ms media frame is ~400 B)."
     )
     engine_buffer_seconds: float = Field(
-        120.0, gt=0, description="Audio per track held while an engine is down, then oldest dropped (s)."
+        120.0,
+        gt=0,
+        description="Audio per track held while an engine is down or behind (s); beyond it, audio is "
+        "dropped and counted (local: the oldest; Gladia: the newest, as it resumes from its last ack).",
     )
     drain_deadline: float = Field(
         25.0, gt=0, description="On SIGTERM, open calls may go on this long before they are finished (s)."

@@ -13,15 +13,32 @@ Life of a session::
                      send task: ~gladia_chunk_ms binary frames ─────────────► Gladia
                      recv task: transcripts, acks (trim the buffer), lifecycle ◄─ Gladia
     socket dropped (close ≠ 1000, network) ──► reconnect to the SAME url, resend unacked bytes first
+    session lost (resume refused 401/403/404/410, or Gladia ended it before our stop_recording)
+             ──► POST a NEW session for the rest of the call; unacked audio is its start; its times
+                 are shifted onto the call's clock and its utterance ids get a ``-s<n>`` suffix
     finish() ──► send the tail, stop_recording, read until end_session / close 1000 / deadline
 
 The send and receive tasks are independent, so transcripts flow even when audio pauses (the blog's
 "read only after a send" loop stalls).
+
+Audio accounting (the standard counters of :mod:`callscribe.engines.base`): a fed byte is
+*delivered* once Gladia acknowledged the chunk holding it (or ended the session normally after our
+``stop_recording``, which it sent after it); *dropped* as ``ignored_track``, ``closed``, ``late``
+(interleaver: arrived for time already padded), ``buffer_full``, ``engine_failed`` (Gladia refused
+the call for good: bad key, bad request), ``drain_timeout`` or ``aborted``; otherwise *pending*
+(in the interleaver or the resend buffer). Interleaver padding is never counted as fed audio.
+
+The buffer holds at most ``max_buffer_seconds`` of audio per track (the server passes
+``ENGINE_BUFFER_SECONDS``). Beyond it **new** audio is dropped (counted ``buffer_full``, one
+``gladia.buffer_full`` CallError with ``retrying=True``) until the backlog is back under half: the
+unacknowledged start of the backlog must stay, since Gladia resumes from its last acknowledged byte.
+Gladia's clock then runs early by the dropped span for the rest of that session.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -35,8 +52,8 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError, Inval
 
 from callscribe.audio.interleave import BYTES_PER_MS, Interleaver
 from callscribe.config import Settings
-from callscribe.engines.base import Engine, EngineBusy, EngineSession
-from callscribe.events import CallError, CallInfo, Track
+from callscribe.engines.base import RESTARTS, AudioLedger, Engine, EngineBusy, EngineSession
+from callscribe.events import CallError, CallInfo, Track, TranscriptEvent
 from callscribe.protocol import gladia as proto
 
 logger = logging.getLogger(__name__)
@@ -44,8 +61,9 @@ logger = logging.getLogger(__name__)
 MAX_SEND_FRAME = 512 * 1024  # backlog is re-sent in frames well under Gladia's 1 MiB limit (1009)
 KEEPALIVE_S = 10.0  # an empty audio_chunk after this much silence on the socket (§2.5: ~30 s timeout)
 _HANDSHAKE_FATAL = {401, 403, 404, 410}  # the session URL is no longer usable: don't hammer it
+MAX_SESSIONS_PER_CALL = 20  # new sessions after lost ones; beyond, Gladia is failing us for good
 
-Outcome = Literal["ended", "dropped", "rejected"]
+Outcome = Literal["ended", "dropped", "lost"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +81,8 @@ class GladiaEngine(Engine):
     """Process-wide Gladia engine: one shared :class:`httpx.AsyncClient`, a session per stream.
 
     ``GladiaEngine(settings)`` is all the server needs; ``client``, ``max_calls``, ``backoff``
-    and ``max_buffer_seconds`` exist for tests and tuning.
+    and ``max_buffer_seconds`` (audio held per track while Gladia is slow or down; default
+    ``settings.engine_buffer_seconds``) exist for tests and tuning.
     """
 
     name = "gladia"
@@ -75,14 +94,16 @@ class GladiaEngine(Engine):
         client: httpx.AsyncClient | None = None,
         max_calls: int | None = None,
         backoff: Backoff | None = None,
-        max_buffer_seconds: float = 60.0,
+        max_buffer_seconds: float | None = None,
     ) -> None:
         self.settings = settings
         self._client = client
         self._owns_client = client is None
         self.max_calls = max_calls
         self.backoff = backoff or Backoff()
-        self.max_buffer_seconds = max_buffer_seconds
+        self.max_buffer_seconds = (
+            settings.engine_buffer_seconds if max_buffer_seconds is None else max_buffer_seconds
+        )
         self._active: set[GladiaSession] = set()
 
     @property
@@ -158,6 +179,15 @@ class GladiaSession(EngineSession):
         self._sent = 0
         self._produced = 0
         self._frame_ends: deque[int] = deque()  # where frames in flight end: tells ack conventions apart
+        # chunks in _buf as (stream end offset, fed bytes in it): padding is not fed audio
+        self._marks: deque[tuple[int, int]] = deque()
+        self._ledger = AudioLedger()
+        self._il_in = 0  # fed bytes pushed into the interleaver
+        self._il_out = 0  # fed bytes it emitted (its output minus its padding)
+        self._il_padded = 0  # padding it emitted
+        self._time_offset = 0.0  # call time at which the current Gladia session's audio starts
+        self._session_no = 0
+        self._stop_requested = False  # stop_recording sent in the current Gladia session
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._finishing = False
@@ -175,6 +205,7 @@ class GladiaSession(EngineSession):
             "dropped_bytes": 0,
             "frames_sent": 0,
             "reconnects": 0,
+            "sessions": 0,
             "post_attempts": 0,
             "partials": 0,
             "finals": 0,
@@ -187,19 +218,28 @@ class GladiaSession(EngineSession):
             self._task = asyncio.create_task(self._run(), name=f"gladia-{self.call.call_sid}")
 
     def feed(self, track: Track, audio: bytes) -> None:
-        self._counters["bytes_fed"] += len(audio)
+        n = len(audio)
+        self._counters["bytes_fed"] += n
         key = f"bytes_fed_{track.value}"
-        self._counters[key] = self._counters.get(key, 0) + len(audio)
+        self._counters[key] = self._counters.get(key, 0) + n
+        self._ledger.add_fed(n)
         if track not in self.tracks or self._finishing:
-            self._counters["ignored_bytes"] = self._counters.get("ignored_bytes", 0) + len(audio)
+            self._counters["ignored_bytes"] = self._counters.get("ignored_bytes", 0) + n
+            self._ledger.drop("ignored_track" if track not in self.tracks else "closed", n)
             return
-        self._append(self._interleaver.push(track, audio) if self._interleaver else bytes(audio))
+        if self._interleaver is None:
+            self._append(bytes(audio), n)
+            return
+        late = self._interleaver.late_dropped_bytes
+        self._il_in += n
+        self._append_interleaved(self._interleaver.push(track, audio))
+        self._ledger.drop("late", self._interleaver.late_dropped_bytes - late)
 
     async def finish(self, timeout: float) -> None:
         if not self._finishing:
             self._finishing = True
             if self._interleaver is not None:
-                self._append(self._interleaver.flush(), final=True)
+                self._append_interleaved(self._interleaver.flush(), final=True)
             self._wake.set()
         try:
             if self._task is not None:
@@ -213,16 +253,21 @@ class GladiaSession(EngineSession):
             )
             await self._cancel()
         finally:
+            self._drop_held("drain_timeout")  # what is still held now will never be transcribed
             self._closed()
 
     async def aclose(self) -> None:
         self._finishing = True
         await self._cancel()
+        self._drop_held("aborted")
         self._closed()
 
     @property
     def counters(self) -> dict[str, int]:
         out = dict(self._counters)
+        out.update(self._ledger.counters())
+        out["bytes_held"] = self._il_in - self._il_out - self._late_total() + self._marked()
+        out[RESTARTS] = self._counters["reconnects"] + max(0, self._counters["sessions"] - 1)
         out["bytes_unacked"] = self._produced - self._acked
         if self._interleaver is not None:
             out["late_dropped_bytes"] = self._interleaver.late_dropped_bytes
@@ -232,16 +277,33 @@ class GladiaSession(EngineSession):
 
     # ------------------------------------------------------------------------------- buffering
 
-    def _append(self, data: bytes, final: bool = False) -> None:
+    def _append_interleaved(self, data: bytes, final: bool = False) -> None:
+        """Append interleaver output, telling its fed bytes from its padding."""
+        assert self._interleaver is not None
+        padded = sum(self._interleaver.padded_bytes.values())
+        real = len(data) - (padded - self._il_padded)
+        self._il_padded = padded
+        self._il_out += real
+        self._append(data, real, final)
+
+    def _late_total(self) -> int:
+        return self._interleaver.late_dropped_bytes if self._interleaver is not None else 0
+
+    def _marked(self) -> int:
+        return sum(real for _, real in self._marks)
+
+    def _append(self, data: bytes, real: int, final: bool = False) -> None:
         if not data:
             return
-        if self._failed or self._ended:
+        if self._failed:
             self._counters["dropped_bytes"] += len(data)
+            self._ledger.drop("engine_failed", real)
             return
         if self._overflowing and len(self._buf) <= self._max_buffer // 2:
             self._overflowing = False
         if len(self._buf) + len(data) > self._max_buffer:
             self._counters["dropped_bytes"] += len(data)
+            self._ledger.drop("buffer_full", real)
             if not self._overflowing:
                 self._overflowing = True
                 self._error(
@@ -253,6 +315,7 @@ class GladiaSession(EngineSession):
             return
         self._buf += data
         self._produced += len(data)
+        self._marks.append((self._produced, real))
         if final or self._produced - self._sent >= self._chunk_bytes:
             self._wake.set()
 
@@ -270,20 +333,66 @@ class GladiaSession(EngineSession):
             del self._buf[: end - self._acked]
             self._counters["bytes_acked"] += end - self._acked
             self._acked = end
+            self._deliver(end)
+
+    def _deliver(self, upto: int) -> None:
+        """Chunks wholly below stream offset ``upto`` are Gladia's now."""
+        while self._marks and self._marks[0][0] <= upto:
+            self._ledger.deliver(self._marks.popleft()[1])
+
+    def _drop_held(self, reason: str) -> None:
+        """Everything still held (interleaver and resend buffer) is given up as ``reason``."""
+        if self._interleaver is not None and self._il_in - self._il_out - self._late_total() > 0:
+            self._append_interleaved(self._interleaver.flush())
+        lost = self._marked()
+        if lost:
+            logger.warning("call %s: %d bytes of audio dropped (%s)", self.call.call_sid, lost, reason)
+        self._ledger.drop(reason, lost)
+        self._marks.clear()
 
     # ------------------------------------------------------------------------------- background
 
     async def _run(self) -> None:
         try:
-            init = await self._create()
-            if init is not None:
-                await self._stream(init.url)
+            attempt = 0
+            while True:
+                init = await self._create()
+                if init is None:
+                    return
+                acked_before = self._acked
+                if await self._stream(init.url) == "ended" or self._failed:
+                    return
+                # The Gladia session is lost but the call goes on: a new session takes the rest.
+                if self._finishing and self._produced == self._acked:
+                    self._deliver(self._produced)
+                    return  # everything was acknowledged: nothing left to transcribe
+                if self._counters["sessions"] >= MAX_SESSIONS_PER_CALL:
+                    self._error(
+                        "gladia.session_lost",
+                        f"{self._counters['sessions']} Gladia sessions lost in one call; giving up "
+                        "(the rest of the call is not transcribed)",
+                    )
+                    self._fail()
+                    return
+                attempt = 1 if self._acked > acked_before else attempt + 1
+                self._rebase()
+                await asyncio.sleep(self._backoff.delay(attempt))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug here must surface as an error event, not vanish
             logger.exception("call %s: gladia session crashed", self.call.call_sid)
             self._error("gladia.internal", f"Gladia session failed: {exc!r}")
-            self._failed = True
+            self._fail()
+
+    def _rebase(self) -> None:
+        """Make the unacknowledged audio the start of a new Gladia session's byte stream."""
+        shift = self._acked
+        self._time_offset += shift / (self.channels * BYTES_PER_MS * 1000)
+        self._produced -= shift
+        self._acked = self._sent = 0
+        self._marks = deque((end - shift, real) for end, real in self._marks)
+        self._frame_ends.clear()
+        self._stop_acked = self._stop_requested = self._ended = False
 
     async def _create(self) -> proto.InitResponse | None:
         """``POST /v2/live`` until it succeeds or fails for good; audio keeps buffering meanwhile."""
@@ -307,6 +416,8 @@ class GladiaSession(EngineSession):
                         err = proto.RestError(resp.status_code, "gladia.bad_response", str(exc), True)
                     else:
                         self.session_id = init.id
+                        self._counters["sessions"] += 1
+                        self._session_no += 1
                         self._last_error = None
                         logger.info("call %s: gladia session %s created", self.call.call_sid, init.id)
                         return init
@@ -320,13 +431,13 @@ class GladiaSession(EngineSession):
             self._error(err.code, f"{err.message}; retrying in {delay:.1f}s", retrying=True)
             await asyncio.sleep(delay)
 
-    async def _stream(self, url: str) -> None:
+    async def _stream(self, url: str) -> Outcome:
         attempt = 0
         while True:
             acked_before = self._acked
             outcome = await self._connect_once(url, reconnect=attempt > 0 or self._sent > 0)
             if outcome != "dropped":
-                return
+                return outcome
             # a connection that made progress resets the backoff; a flapping one does not
             attempt = 1 if self._acked > acked_before else attempt + 1
             await asyncio.sleep(self._backoff.delay(attempt))
@@ -353,10 +464,10 @@ class GladiaSession(EngineSession):
                 self._error(
                     "gladia.session_lost",
                     f"Gladia refused to resume session {self.session_id} (HTTP {status}); "
-                    "the rest of the call is not transcribed",
+                    "opening a new session for the rest of the call",
+                    retrying=True,
                 )
-                self._fail()
-                return "rejected"
+                return "lost"
             self._error("gladia.network", f"Gladia WebSocket handshake failed (HTTP {status})", retrying=True)
         except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
             self._error("gladia.network", f"cannot reach the Gladia WebSocket: {exc!r}", retrying=True)
@@ -394,7 +505,7 @@ class GladiaSession(EngineSession):
             if self._finishing:
                 if not stop_sent and not self._stop_acked:
                     await ws.send(proto.stop_recording_message(), text=True)
-                    stop_sent = True
+                    stop_sent = self._stop_requested = True
                 return
             self._wake.clear()
             try:
@@ -409,24 +520,36 @@ class GladiaSession(EngineSession):
                     logger.debug("call %s: unexpected binary frame from Gladia", self.call.call_sid)
                     continue
                 if self._handle(proto.parse_message(raw)):
-                    return "ended"
+                    return self._session_over()
         except ConnectionClosedError as exc:
             self._error("gladia.disconnected", f"Gladia socket dropped ({exc}); resuming", retrying=True)
             return "dropped"
         code = ws.close_code
         if code == 1000:
-            if not self._finishing:
-                self._error("gladia.session_closed", "Gladia closed the session before the call ended")
-            self._ended = True
-            return "ended"
+            return self._session_over()
         self._error("gladia.disconnected", f"Gladia socket closed with code {code}; resuming", retrying=True)
         return "dropped"
+
+    def _session_over(self) -> Outcome:
+        """Gladia ended the session: the normal end after our stop, or a session lost mid-call."""
+        if self._finishing and self._stop_requested and self._sent == self._produced:
+            # stop_recording went after every byte on an ordered socket: Gladia had them all
+            self._ended = True
+            self._deliver(self._produced)
+            return "ended"
+        self._error(
+            "gladia.session_closed",
+            f"Gladia ended session {self.session_id} before the call did; "
+            "opening a new session for the rest of the call",
+            retrying=True,
+        )
+        return "lost"
 
     def _handle(self, msg: proto.GladiaMessage) -> bool:
         """Act on one Gladia message; True once the session has ended."""
         match msg:
             case proto.TranscriptMessage():
-                event = proto.to_transcript_event(msg, self.call, self.tracks)
+                event = self._on_call_clock(proto.to_transcript_event(msg, self.call, self.tracks))
                 if not event.text and not event.is_final:
                     return False  # an empty partial says nothing
                 self._counters["finals" if event.is_final else "partials"] += 1
@@ -450,6 +573,22 @@ class GladiaSession(EngineSession):
 
     # ------------------------------------------------------------------------------- helpers
 
+    def _on_call_clock(self, event: TranscriptEvent) -> TranscriptEvent:
+        """A later Gladia session's times start at its own 0 and its ids repeat: shift and tag them."""
+        if self._session_no <= 1:
+            return event
+        off = self._time_offset
+        return dataclasses.replace(
+            event,
+            utterance_id=f"{event.utterance_id}-s{self._session_no}",
+            start=round(event.start + off, 3),
+            end=round(event.end + off, 3),
+            words=tuple(
+                dataclasses.replace(w, start=round(w.start + off, 3), end=round(w.end + off, 3))
+                for w in event.words
+            ),
+        )
+
     def _error(self, code: str, message: str, retrying: bool = False) -> None:
         log = logger.warning if retrying else logger.error
         log("call %s: %s: %s", self.call.call_sid, code, message)
@@ -471,6 +610,8 @@ class GladiaSession(EngineSession):
     def _fail(self) -> None:
         self._failed = True
         self._counters["dropped_bytes"] += len(self._buf)
+        self._ledger.drop("engine_failed", self._marked())
+        self._marks.clear()
         self._buf.clear()
         self._acked = self._sent = self._produced
 

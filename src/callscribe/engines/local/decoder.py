@@ -13,6 +13,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 if "ctranslate2" in sys.modules and "OMP_NUM_THREADS" not in os.environ:
     logging.getLogger(__name__).warning(
@@ -55,6 +56,17 @@ class Decoded:
     no_speech_prob: float
     avg_logprob: float
     tokens: int
+
+
+class Decoder(Protocol):
+    """What a session needs of a decoder. :class:`WhisperDecoder` is the real one; tests wrap it
+    (e.g. to fail some decodes) and pass the wrapper as ``LocalEngine(settings, decoder=…)``."""
+
+    language: str
+
+    def decode(
+        self, audio: np.ndarray, *, beam: int, min_window: float, word_timestamps: bool = False
+    ) -> Decoded: ...
 
 
 class WhisperDecoder:

@@ -4,6 +4,11 @@ Finals run before partials, first come first served. Partials are coalesced: at 
 key (a call's track) and it reads the newest audio when it starts, so under load partials thin out
 instead of piling up, while finals keep their latency. Among waiting partials the oldest request
 goes first, which is round-robin between calls; a key never has two partials running at once.
+
+A job that raises fails only its own future. A worker thread that dies (a job raised a
+``BaseException`` such as ``SystemExit``, or the pool itself hit a bug) fails the job it was running
+with :class:`WorkerDied` and is replaced by a new thread (counted in :attr:`DecodePool.restarts`),
+so the pool keeps its size and no future is left waiting for ever.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ from typing import Any
 from callscribe.engines.local import metrics
 
 log = logging.getLogger(__name__)
+
+
+class WorkerDied(RuntimeError):
+    """The decode thread running this job died; the job may be submitted again."""
 
 
 @dataclass(slots=True)
@@ -44,12 +53,36 @@ class DecodePool:
         self._running: set[Hashable] = set()
         self._threads: list[threading.Thread] = []
         self._closed = False
+        self._spawned = 0
+        self.restarts = 0  # worker threads replaced after dying
 
     def start(self) -> None:
-        for i in range(self.workers):
-            t = threading.Thread(target=self._work, name=f"{self._name}-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        with self._cond:
+            for _ in range(self.workers):
+                self._spawn()
+
+    def alive(self) -> int:
+        """Worker threads running now."""
+        with self._cond:
+            return sum(t.is_alive() for t in self._threads)
+
+    def _spawn(self) -> None:
+        """Start one worker (call with the lock held)."""
+        t = threading.Thread(target=self._run_worker, name=f"{self._name}-{self._spawned}", daemon=True)
+        self._spawned += 1
+        self._threads.append(t)
+        t.start()
+
+    def _run_worker(self) -> None:
+        try:
+            self._work()
+        except BaseException:
+            log.exception("decode worker %s died; starting a replacement", threading.current_thread().name)
+            with self._cond:
+                self._threads.remove(threading.current_thread())
+                if not self._closed:
+                    self.restarts += 1
+                    self._spawn()
 
     def close(self) -> None:
         """Stop the workers after their current decode; waiting jobs are cancelled."""
@@ -60,11 +93,13 @@ class DecodePool:
             self._partials.clear()
             self._update_depth()
             self._cond.notify_all()
+            threads = list(self._threads)
         for job in dropped:
             job.loop.call_soon_threadsafe(_cancel, job.future)
-        for t in self._threads:
+        for t in threads:
             t.join()
-        self._threads.clear()
+        with self._cond:
+            self._threads.clear()
 
     def submit_final(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
         """Run ``fn`` in a worker before any partial; the future gets its result."""
@@ -143,6 +178,10 @@ class DecodePool:
                     result = job.fn()
                 except Exception as exc:
                     job.loop.call_soon_threadsafe(_set_exception, job.future, exc)
+                except BaseException as exc:  # this thread is going down: its job must not hang
+                    died = WorkerDied(f"decode worker died running a {job.kind} decode: {exc!r}")
+                    job.loop.call_soon_threadsafe(_set_exception, job.future, died)
+                    raise
                 else:
                     job.loop.call_soon_threadsafe(_set_result, job.future, result)
             except RuntimeError:  # the job's event loop is closed: nobody waits for it
