@@ -30,7 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from callscribe.logs import setup_logging
     from callscribe.server import serving
 
-    setup_logging(settings.log_level, settings.log_format)
+    setup_logging(settings.log_level, settings.log_format, redact=settings.redact)
     base = (
         str(settings.public_url).rstrip("/")
         if settings.public_url

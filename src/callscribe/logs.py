@@ -133,8 +133,11 @@ def _token_filter() -> logging.Filter | None:
     return RedactTokens()
 
 
-def setup_logging(level: str | int = "info", fmt: LogFormat = "text") -> logging.Handler:
-    """Configure the root logger (replacing its handlers) and return the one handler installed."""
+def setup_logging(level: str | int = "info", fmt: LogFormat = "text", *, redact: bool = True) -> logging.Handler:
+    """Configure the root logger (replacing its handlers) and return the one handler installed.
+
+    ``redact``: mask card numbers and personal data in every line (``REDACT``), as in transcripts.
+    """
     if fmt not in ("text", "json"):
         raise ValueError(f"log format must be 'text' or 'json', not {fmt!r}")
     filt = _token_filter()
@@ -143,6 +146,10 @@ def setup_logging(level: str | int = "info", fmt: LogFormat = "text") -> logging
     handler.setFormatter(JsonFormatter(redact) if fmt == "json" else TextFormatter(redact))
     if filt is not None:
         handler.addFilter(filt)
+    if redact:
+        from callscribe.intelligence.logfilter import RedactPII
+
+        handler.addFilter(RedactPII())
     setattr(handler, _MARK, True)
 
     root = logging.getLogger()

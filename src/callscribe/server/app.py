@@ -24,6 +24,7 @@ from callscribe import __version__
 from callscribe.bridge import EngineRouter
 from callscribe.config import Settings
 from callscribe.events import Event
+from callscribe.intelligence.pipeline import Intelligence
 from callscribe.observability import metrics
 from callscribe.observability.looplag import LoopLagMonitor
 from callscribe.observability.tracing import setup_tracing, shutdown_tracing
@@ -68,6 +69,7 @@ class Gateway:
 
             fanned.append(RedisBus(settings.redis_url, self.live, channel=settings.redis_channel))
         self.fanout = FanOut(fanned)
+        self.intelligence = Intelligence(settings, self.fanout.publish)
         token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else None
         self.signatures = SignatureChecker(
             token,
@@ -83,8 +85,11 @@ class Gateway:
         self.loop_lag = LoopLagMonitor()
 
     def publish(self, event: Event) -> None:
-        """Where every call's events enter delivery (synchronous, cheap: the audio path calls it)."""
-        self.fanout.publish(event)
+        """Where every call's events enter delivery (synchronous, cheap: the audio path calls it).
+
+        Redaction, triggers and notes come first: no sink, feed or log sees unredacted text.
+        """
+        self.intelligence.publish(event)
 
     def add_call(self, call: MediaCall) -> None:
         self.calls.add(call)
@@ -164,6 +169,7 @@ class Gateway:
             await asyncio.gather(
                 *(c.end("drained", CLOSE_GOING_AWAY) for c in list(self.calls)), return_exceptions=True
             )
+        await self.intelligence.flush(timeout=self.settings.drain_timeout)
         await self.fanout.flush(timeout=self.settings.drain_timeout)
         await self.live.flush(timeout=2.0)  # watchers' sockets close right after this
         if self.store is not None:
@@ -183,6 +189,7 @@ class Gateway:
                 [asyncio.ensure_future(c.end("shutdown", CLOSE_GOING_AWAY)) for c in list(self.calls)],
                 timeout=self.settings.drain_timeout + 2,
             )
+        await self.intelligence.flush(timeout=self.settings.drain_timeout)
         await self.fanout.close()
         if self._retention is not None:
             self._retention.cancel()

@@ -13,5 +13,5 @@ from callscribe.logs import setup_logging
 from callscribe.server.app import build_app
 
 settings = load_settings(os.environ.get("CALLSCRIBE_ENV_FILE", ".env"))
-setup_logging(settings.log_level, settings.log_format)
+setup_logging(settings.log_level, settings.log_format, redact=settings.redact)
 app = build_app(settings)
