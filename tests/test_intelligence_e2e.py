@@ -123,6 +123,10 @@ async def test_card_number_is_masked_everywhere_and_the_trigger_fires_on_a_parti
                     if orjson.loads(msg)["type"] == "call.ended":
                         break
             async with httpx.AsyncClient(base_url=f"http://{hostport}") as api:
+                for _ in range(200):  # the live feed is faster than the store's batched writes
+                    if (await api.get("/api/calls/CAcard/notes")).status_code == 200:
+                        break
+                    await asyncio.sleep(0.05)
                 transcript = (await api.get("/api/calls/CAcard/transcript?format=txt")).text
                 events = (await api.get("/api/calls/CAcard/events")).text
                 notes = (await api.get("/api/calls/CAcard/notes")).json()
