@@ -13,7 +13,6 @@ import asyncio
 import json
 import re
 import statistics
-from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
@@ -29,9 +28,6 @@ from callscribe.events import (
     CallStarted,
     Track,
     TranscriptEvent,
-    event_to_dict,
-    next_event_id,
-    with_event_id,
 )
 from callscribe.fakes.gladia import FakeGladia
 from callscribe.server.app import create_app
@@ -198,18 +194,25 @@ async def _check_accessibility(page) -> None:  # type: ignore[no-untyped-def]
 
 
 async def test_live_page_masks_redactions_highlights_triggers_and_resumes(tmp_path: Path) -> None:
-    """Events published straight into the gateway; the page's feed is cut and must resume from the store."""
+    """A caller reads a card number across partials and two finals, through the gateway's real
+    redaction and trigger stage: the page shows only the mask, and the agent's screen gets the
+    trigger; then the page's feed is cut and must resume from the store."""
     sid = "CA" + "7" * 32
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        '[[rule]]\nid = "card-payment"\nphrases = ["card number"]\nseverity = "warning"\n'
+        '[rule.payload]\nscript = "Remind the caller this line is secure."\n'
+        'kb = "https://kb.example.com/pci"\n'
+    )
     store = Store.from_url(f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}")
     await store.start()
-    app = create_app(
-        load_settings(None, sinks=[]), EngineRouter(ScriptedEngine()), [StoreSink(store)], store=store
-    )
+    settings = load_settings(None, sinks=[], triggers_path=str(rules))
+    app = create_app(settings, EngineRouter(ScriptedEngine()), [StoreSink(store)], store=store)
     gw = app.state.gateway
 
-    def final(uid: str, track: Track, text: str, start: float, **kw: str) -> TranscriptEvent:
+    def said(uid: str, track: Track, text: str, start: float, final: bool = True) -> TranscriptEvent:
         speaker = "caller" if track is Track.INBOUND else "agent"
-        return TranscriptEvent(sid, "MZ1", track, speaker, uid, text, True, start, start + 1, **kw)  # type: ignore[arg-type]
+        return TranscriptEvent(sid, "MZ1", track, speaker, uid, text, final, start, start + 1)
 
     try:
         async with serving(app) as host, async_playwright() as pw:
@@ -220,51 +223,39 @@ async def test_live_page_masks_redactions_highlights_triggers_and_resumes(tmp_pa
                 page.on("pageerror", lambda e: errors.append(str(e)))
                 await page.goto(f"http://{host}/#{sid}")  # a deep link opens the call
                 await page.wait_for_function("document.getElementById('connection').dataset.state === 'live'")
-                gw.fanout.publish(CallStarted(CallInfo(sid, "MZ1", tracks=tuple(Track)), "scripted"))
-                gw.fanout.publish(
-                    replace(final("u1", Track.INBOUND, "my card is [card ending 1111]", 1.0), is_final=False)
-                )
-                gw.fanout.publish(final("u1", Track.INBOUND, "my card is [card ending 1111]", 1.0))
-                await page.wait_for_selector("li.turn.caller.final[data-utterance-id=u1]")
-                # a later issue's events, as dicts: a trigger, and a final listing its redacted spans
-                gw.live.broadcast(
-                    {
-                        "type": "trigger",
-                        "event_id": next_event_id(),
-                        "call_sid": sid,
-                        "utterance_id": "u1",
-                        "rule": "card number",
-                        "text": "caller read out a card",
-                    },
-                    False,
-                )
-                spans = final("u2", Track.OUTBOUND, "call me on 555 0100", 2.0)
-                data = event_to_dict(with_event_id(spans)) | {
-                    "redactions": [{"start": 11, "end": 19, "label": "phone"}]
-                }
-                gw.live.broadcast(data, False)
-                await page.wait_for_selector("li.turn.agent[data-utterance-id=u2]")
+                gw.publish(CallStarted(CallInfo(sid, "MZ1", tracks=tuple(Track)), "scripted"))
+                gw.publish(said("u1", Track.INBOUND, "I'd like to pay, my card number is", 1.0, final=False))
+                await page.wait_for_selector("li.note.trigger")  # on the partial, before any final
+                gw.publish(said("u1", Track.INBOUND, "I'd like to pay, my card number is 4539 1488", 1.0, False))
+                gw.publish(said("u1", Track.INBOUND, "I'd like to pay, my card number is 4539 1488.", 1.0))
+                gw.publish(said("u2", Track.INBOUND, "0343", 2.2, final=False))
+                gw.publish(said("u2", Track.INBOUND, "0343 6467.", 2.2))
+                gw.publish(said("u3", Track.OUTBOUND, "Thank you, one moment please.", 3.4))
+                await page.wait_for_selector("li.turn.caller.final[data-utterance-id=u2]")
+                await page.wait_for_selector("li.turn.agent.final[data-utterance-id=u3]")
                 masks = await page.eval_on_selector_all("mark.redacted", "els => els.map(e => e.textContent)")
-                assert masks == ["card ending 1111", "phone"]
-                agent_text = await page.text_content("li[data-utterance-id=u2] .bubble")
-                assert agent_text == "call me on phone" and "555" not in agent_text
+                assert masks == ["card ending 6467", "card ending 6467"]
+                shown = await page.text_content("#transcript")
+                assert not any(group in shown for group in ("4539", "1488", "0343")), shown
                 trigger = page.locator("li.note.trigger")
-                assert "card number" in await trigger.text_content()
-                assert "caller read out a card" in await trigger.text_content()
+                assert await trigger.count() == 1
+                assert "card-payment" in await trigger.text_content()
+                assert "line is secure" in await trigger.text_content()
+                assert await trigger.locator("a").get_attribute("href") == "https://kb.example.com/pci"
+                await page.screenshot(path=str(OUT / "live_page_redactions.png"))
 
                 # the feed drops; a final is spoken meanwhile; the page reconnects and resumes
                 await page.evaluate("window.callscribe.ws.close()")
                 await page.wait_for_function(
                     "document.getElementById('connection').dataset.state === 'retrying'"
                 )
-                gw.fanout.publish(final("u3", Track.INBOUND, "said while you were away", 3.0))
-                await page.wait_for_selector("li.turn.caller.final[data-utterance-id=u3]", timeout=10000)
+                gw.publish(said("u4", Track.INBOUND, "said while you were away", 5.0))
+                await page.wait_for_selector("li.turn.caller.final[data-utterance-id=u4]", timeout=10000)
                 await page.wait_for_function("document.getElementById('connection').dataset.state === 'live'")
                 order = await page.eval_on_selector_all(
                     "#transcript li", "els => els.map(e => e.dataset.utteranceId || e.className)"
                 )
-                assert order == ["u1", "note trigger", "u2", "u3"]  # each once, the trigger after its turn
-                await page.screenshot(path=str(OUT / "live_page_redactions.png"))
+                assert order == ["u1", "note trigger warning", "u2", "u3", "u4"]  # each once, in order
                 assert not errors, errors
             finally:
                 await browser.close()

@@ -35,6 +35,7 @@
     reconnectTimer: null,
     generation: 0, // bumps when another call is opened, so stale fetches and sockets are ignored
     liveSids: new Set(),
+    triggers: new Set(), // "utterance:rule" already shown
   };
   window.callscribe = state; // handy in the console and for tests
 
@@ -217,12 +218,32 @@
     keepScrolled(wasNearBottom);
   }
 
+  // A link from a rule's payload is shown only when it is plain http(s): payloads are operator data,
+  // but never a reason to run javascript: URLs.
+  function safeLink(url) {
+    try {
+      const u = new URL(String(url), location.href);
+      return u.protocol === "https:" || u.protocol === "http:" ? u.href : null;
+    } catch {
+      return null;
+    }
+  }
+
   function renderTrigger(ev) {
     const text = el("span");
-    appendText(text, String(ev.text || ev.message || ""), ev.redactions);
+    appendText(text, String(ev.matched || ev.text || ev.message || ""), ev.redactions);
+    const children = [el("strong", { text: `⚑ ${ev.rule_id || ev.rule || "trigger"}` }), ": ", text];
+    const payload = ev.payload || {};
+    if (payload.script) children.push(el("span", { class: "script", text: ` — ${payload.script}` }));
+    const href = payload.kb || payload.url ? safeLink(payload.kb || payload.url) : null;
+    if (href) children.push(" ", el("a", { href, target: "_blank", rel: "noopener noreferrer", text: "open article" }));
     const turn = ev.utterance_id && state.turns.get(ev.utterance_id);
     const start = turn ? Number(turn.li.dataset.start) : Number.isFinite(ev.start) ? ev.start : undefined;
-    renderNote("trigger", [el("strong", { text: `⚑ ${ev.rule || "trigger"}` }), ": ", text], ev, start);
+    // one note per rule and utterance, however often the event is replayed (resume)
+    const key = `${ev.utterance_id || ""}:${ev.rule_id || ev.rule || ""}`;
+    if (state.triggers.has(key)) return;
+    state.triggers.add(key);
+    renderNote(`trigger ${ev.severity || "info"}`, children, ev, start);
   }
 
   function handleEvent(ev, { live }) {
@@ -232,6 +253,7 @@
       case "transcript":
         renderTranscript(ev, { live });
         break;
+      case "trigger.fired":
       case "trigger":
         renderTrigger(ev);
         break;
@@ -264,6 +286,7 @@
     const gen = ++state.generation;
     Object.assign(state, { callSid: sid, lastEventId: null, ended: false, backoff: 500 });
     state.turns.clear();
+    state.triggers.clear();
     els.transcript.textContent = "";
     els.transcriptEmpty.hidden = false;
     els.transcriptEmpty.textContent = "Waiting for someone to speak…";
