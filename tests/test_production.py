@@ -319,3 +319,13 @@ async def test_drain_finishes_open_calls_after_the_deadline_with_their_last_fina
         finals = [e for e in events if e["type"] == "transcript" and e["is_final"]]
         assert finals and finals[-1]["end"] == pytest.approx(10 * 0.02)
         assert events[-1]["reason"] == "drained"
+
+
+def test_the_command_line_does_not_import_prometheus_before_serve_chooses_its_mode() -> None:
+    """``serve --workers N`` sets PROMETHEUS_MULTIPROC_DIR before the first import of the client."""
+    import subprocess
+    import sys
+
+    code = "import sys, callscribe.cli as c; c.build_parser(); print('prometheus_client' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

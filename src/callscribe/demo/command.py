@@ -19,7 +19,6 @@ import uvicorn
 from callscribe.audio.wav import wav_to_ulaw
 from callscribe.config import load_settings
 from callscribe.logs import setup_logging
-from callscribe.server.app import build_app
 from callscribe.simulator.display import Display
 from callscribe.simulator.report import format_report
 from callscribe.simulator.runner import simulate_call
@@ -42,6 +41,10 @@ def _free_port() -> int:
 
 
 async def _demo(args: argparse.Namespace) -> int:
+    # imported here: `callscribe serve --workers N` builds its parser from this module and must not
+    # import prometheus_client before it has chosen multiprocess mode
+    from callscribe.server.app import build_app
+
     settings = load_settings(
         args.env_file,
         **({"engine": args.engine} if args.engine else {}),

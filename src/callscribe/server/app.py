@@ -304,7 +304,7 @@ def create_app(settings: Settings, engines: EngineRouter, sinks: list[Sink], sto
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        """Readiness: 200 while this instance takes new calls; 503 while draining, full or storeless."""
+        """Readiness: 200 while this instance takes new calls; 503 while draining or full."""
         ok, checks = gw.readiness()
         return JSONResponse({"ready": ok, **checks}, status_code=200 if ok else 503)
 

@@ -44,24 +44,33 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain: asyncio.Future[None] | None = None
+        self._draining = False
 
     async def startup(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().startup(sockets=sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._drain is None and self._loop is not None and not self.should_exit:
+        if self._loop is not None and not self.should_exit:
+            if self._draining:
+                if sig == signal.SIGINT:  # a second Ctrl-C: stop now
+                    super().handle_exit(sig, frame)
+                # a second SIGTERM (systemd signals every process of the unit, gunicorn's arbiter
+                # forwards its own) must not cut the drain short
+                return
+            self._draining = True
             # SIGINT (a developer's Ctrl-C) finishes calls at once; SIGTERM lets them run on a while.
             deadline = 0.0 if sig == signal.SIGINT else None
-            self._loop.call_soon_threadsafe(self._start_drain, sig, frame, deadline)
+            self._loop.call_soon_threadsafe(self._start_drain, deadline)
             return
         super().handle_exit(sig, frame)
 
-    def _start_drain(self, sig: int, frame: FrameType | None, deadline: float | None) -> None:
+    def _start_drain(self, deadline: float | None) -> None:
         if self._drain is not None:
             return
         self._drain = asyncio.ensure_future(drain_all(deadline))
-        self._drain.add_done_callback(lambda _: super(DrainingServer, self).handle_exit(sig, frame))
+        # then the usual shutdown, without re-raising the signal afterwards: a drained exit is a clean 0
+        self._drain.add_done_callback(lambda _: setattr(self, "should_exit", True))
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
