@@ -7,6 +7,7 @@ import logging
 from collections import deque
 
 from callscribe.events import Event, TranscriptEvent, with_event_id
+from callscribe.observability import metrics
 from callscribe.sinks.base import Sink
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class _SinkWorker:
                     self.delivered += 1
                 except Exception:
                     self.errors += 1
+                    metrics.SINK_ERRORS.labels(sink=self.sink.name).inc()
                     log.exception(
                         "sink %s failed on %s for call %s",
                         self.sink.name,

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from callscribe.events import Event, with_event_id
+from callscribe.observability import metrics
 from callscribe.storage import migrate, queries
 from callscribe.storage.models import call_events, calls, utterances
 from callscribe.storage.writes import storable, write_batch
@@ -40,7 +41,9 @@ REJECTED = Counter(
 )
 WRITTEN = Counter("callscribe_store_written_total", "Events committed to the store.")
 RETRIES = Counter("callscribe_store_retries_total", "Failed batch writes that were retried.")
-BUFFERED = Gauge("callscribe_store_buffered", "Events waiting to be written to the store.")
+BUFFERED = Gauge(
+    "callscribe_store_buffered", "Events waiting to be written to the store.", multiprocess_mode="livesum"
+)
 
 WriteHook = Callable[[AsyncSession, list[Event]], Awaitable[None]]
 
@@ -299,6 +302,7 @@ class Store:
     def _failed(self, exc: BaseException) -> None:
         self._retries += 1
         RETRIES.inc()
+        metrics.SINK_RETRIES.labels(sink="store").inc()
         self._last_error = _short(exc)
         if self._outage_since is None:  # once per outage; the recovery line closes it
             self._outage_since = time.monotonic()

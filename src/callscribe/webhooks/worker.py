@@ -28,6 +28,7 @@ from sqlalchemy.orm import aliased
 
 from callscribe import __version__
 from callscribe.config import Settings
+from callscribe.observability import metrics
 from callscribe.storage.models import WebhookAttempt, WebhookOutbox
 from callscribe.webhooks.outbox import Outbox, needs_transcript, with_transcript
 from callscribe.webhooks.signing import SIGNATURE_HEADER, sign
@@ -297,9 +298,11 @@ class WebhookWorker:
         elif values.get("status") == "dead":
             ATTEMPTS.labels("failed").inc()
             DEAD.inc()
+            metrics.SINK_ERRORS.labels(sink="webhook").inc()
             log.error("%s is dead after %d attempts: %s", what, attempt, error)
         else:
             ATTEMPTS.labels("failed").inc()
+            metrics.SINK_RETRIES.labels(sink="webhook").inc()
             log.warning("%s failed (attempt %d, retry in %.1f s): %s", what, attempt, delay, error)
             # look again when it is due, not at the first poll after that
             self._wake_in(delay)
