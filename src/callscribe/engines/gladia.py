@@ -444,7 +444,9 @@ class GladiaSession(EngineSession):
 
     async def _connect_once(self, url: str, reconnect: bool) -> Outcome:
         try:
-            async with connect(url, open_timeout=10, close_timeout=2, max_size=None) as ws:
+            # no permessage-deflate: μ-law barely compresses and deflating every frame cost 8–15 % of
+            # the gateway's CPU (bench/README.md, "callscribe-nodeflate")
+            async with connect(url, open_timeout=10, close_timeout=2, max_size=None, compression=None) as ws:
                 if reconnect:
                     self._counters["reconnects"] += 1
                     logger.info(

@@ -28,7 +28,10 @@ import base64
 import binascii
 import contextlib
 import logging
+import struct
+import time
 import uuid
+from array import array
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -201,6 +204,111 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
+# --------------------------------------------------------------------------------------------- frame markers
+
+# Benchmarks (bench/load.py) put a marker in the first bytes of every 20 ms μ-law payload they send
+# through a gateway: magic, call number, track, frame number, check byte. μ-law passes through a
+# gateway untouched (interleaving only spreads a track's bytes over a channel), so the fake can find
+# each marker in the de-interleaved channel bytes and log when the frame arrived. Off by default.
+MARKER_MAGIC = b"\xa7\x3c"
+MARKER_BYTES = 10  # magic(2) call(2) track(1) seq(4) check(1)
+_MARKER = struct.Struct("<2sHBIB")
+
+
+def _marker_check(body: bytes) -> int:
+    return (sum(body) ^ 0x5A) & 0xFF
+
+
+def encode_marker(call: int, track: int, seq: int) -> bytes:
+    """The marker for frame ``seq`` of ``track`` (0 inbound, 1 outbound) of bench call ``call``."""
+    body = _MARKER.pack(MARKER_MAGIC, call & 0xFFFF, track & 0xFF, seq & 0xFFFFFFFF, 0)[:-1]
+    return body + bytes([_marker_check(body)])
+
+
+def decode_marker(data: bytes | bytearray, pos: int = 0) -> tuple[int, int, int] | None:
+    """``(call, track, seq)`` of a marker starting at ``data[pos]``, or None if it is not one."""
+    raw = bytes(data[pos : pos + MARKER_BYTES])
+    if len(raw) < MARKER_BYTES or raw[:2] != MARKER_MAGIC or _marker_check(raw[:-1]) != raw[-1]:
+        return None
+    _, call, track, seq, _ = _MARKER.unpack(raw)
+    return call, track, seq
+
+
+class MarkerLog:
+    """Arrival log of bench markers: one row per marker found (time, call, track, seq, chunk no.).
+
+    Kept in flat :mod:`array` columns (cheap to append, cheap to ship); ``dump()`` returns them as
+    bytes and clears the log (``GET /fake/markers``). Each received audio message is a chunk; all
+    markers found in one chunk share its arrival time and chunk number.
+    """
+
+    HEADER = struct.Struct("<I")
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.t = array("d")
+        self.call = array("H")
+        self.track = array("B")
+        self.seq = array("I")
+        self.chunk = array("I")
+        self.chunks = 0
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def scan(self, session: FakeSession, data: bytes, t: float) -> None:
+        """Log the markers in one audio message of ``session``, received at ``t``."""
+        n = session.channels
+        if len(session.carry) != n:
+            session.carry = [b""] * n
+        chunk = self.chunks
+        self.chunks += 1
+        start = session.scan_offset  # session byte offset of data[0] (channel parity)
+        session.scan_offset += len(data)
+        for c in range(n):
+            part = data[(c - start) % n :: n] if n > 1 else data
+            buf = session.carry[c] + part
+            pos = buf.find(MARKER_MAGIC)
+            while pos >= 0:
+                found = decode_marker(buf, pos)
+                if found is not None:
+                    self.t.append(t)
+                    self.call.append(found[0])
+                    self.track.append(found[1])
+                    self.seq.append(found[2])
+                    self.chunk.append(chunk)
+                    pos = buf.find(MARKER_MAGIC, pos + MARKER_BYTES)
+                elif len(buf) - pos < MARKER_BYTES:
+                    break  # maybe a marker cut by the message boundary: kept in the carry
+                else:
+                    pos = buf.find(MARKER_MAGIC, pos + 1)
+            session.carry[c] = buf[-(MARKER_BYTES - 1) :]
+
+    def dump(self, clear: bool = True) -> bytes:
+        """Columns as bytes: count (u32), then t (f64), call (u16), track (u8), seq (u32), chunk (u32)."""
+        out = self.HEADER.pack(len(self.t)) + b"".join(
+            col.tobytes() for col in (self.t, self.call, self.track, self.seq, self.chunk)
+        )
+        if clear:
+            self.clear()
+        return out
+
+    @classmethod
+    def load(cls, raw: bytes) -> dict[str, list[Any]]:
+        """The columns ``dump()`` wrote, as lists (numpy users: ``np.frombuffer`` is faster)."""
+        (count,) = cls.HEADER.unpack_from(raw)
+        out: dict[str, list[Any]] = {}
+        offset = cls.HEADER.size
+        for name, code in (("t", "d"), ("call", "H"), ("track", "B"), ("seq", "I"), ("chunk", "I")):
+            col = array(code)
+            col.frombytes(raw[offset : offset + count * col.itemsize])
+            offset += count * col.itemsize
+            out[name] = col.tolist()
+        return out
+
+
 # --------------------------------------------------------------------------------------------- script
 
 
@@ -355,6 +463,8 @@ class FakeSession:
     sent_types: list[str] = field(default_factory=list)
     conn: _Connection | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    carry: list[bytes] = field(default_factory=list)  # marker scan: tail of each channel's bytes
+    scan_offset: int = 0  # marker scan: session bytes seen (channel parity of the next message)
     _state: dict[int, _ChannelState] = field(default_factory=dict)
 
     @property
@@ -558,6 +668,7 @@ class FakeGladia:
         post_processing_delay: float = 0.05,
         keep_audio: bool = True,
         inclusive_acks: bool = False,
+        record_markers: bool = False,
     ) -> None:
         self.api_key = api_key
         self.script: Script = load_script(script) if not _is_script(script) else script  # type: ignore[assignment]
@@ -567,6 +678,8 @@ class FakeGladia:
         self.post_processing_delay = post_processing_delay
         self.keep_audio = keep_audio
         self.inclusive_acks = inclusive_acks
+        # bench frame markers: arrival of every marked frame, served (and cleared) at /fake/markers
+        self.markers: MarkerLog | None = MarkerLog() if record_markers else None
         self.sessions: dict[str, FakeSession] = {}
         self.posts = 0
         self._by_token: dict[str, FakeSession] = {}
@@ -582,6 +695,7 @@ class FakeGladia:
                 WebSocketRoute("/v2/live", self._socket),
                 Route("/v2/live/{id}", self._get, methods=["GET"]),
                 Route("/v2/live/{id}", self._delete, methods=["DELETE"]),
+                Route("/fake/markers", self._markers, methods=["GET"]),
             ]
         )
 
@@ -696,6 +810,13 @@ class FakeGladia:
         ws_url = f"ws://{request.url.netloc}/v2/live?token={session.token}"
         return _json({"id": session.id, "created_at": session.created_at, "url": ws_url}, 201)
 
+    async def _markers(self, request: Request) -> Response:
+        """Bench hook: the marker arrival log (``MarkerLog.dump``), cleared unless ``?keep=1``."""
+        if self.markers is None:
+            return _json({"message": "marker recording is off (record_markers / --record-markers)"}, 404)
+        keep = request.query_params.get("keep") == "1"
+        return Response(self.markers.dump(clear=not keep), media_type="application/octet-stream")
+
     async def _get(self, request: Request) -> Response:
         if not self._authorized(request):
             return self._unauthorized()
@@ -778,6 +899,8 @@ class FakeGladia:
             if message["type"] == "websocket.disconnect":
                 return
             data: bytes | None = message.get("bytes")
+            if data and self.markers is not None:
+                self.markers.scan(session, data, time.monotonic())
             text: str | None = message.get("text")
             if len(data or text or "") > MAX_FRAME_BYTES:
                 async with session.lock:
@@ -890,6 +1013,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=DEFAULT_API_KEY, help="the x-gladia-key clients must send")
     parser.add_argument("--script", type=Path, help='JSON script: {"0": [{"start", "end", "text"}], "1": …}')
     parser.add_argument("--max-sessions", type=int, default=30, help="concurrent sessions before 429")
+    parser.add_argument(
+        "--record-markers",
+        action="store_true",
+        help="log the arrival of bench frame markers, served at GET /fake/markers (bench/load.py)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -906,6 +1034,7 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         keep_audio=False,
+        record_markers=getattr(args, "record_markers", False),
     )
 
     async def main() -> None:
