@@ -209,6 +209,10 @@ def test_trim_repetition_cuts_loops_but_keeps_real_repeats() -> None:
     assert trim_repetition("4 9 6 8 8 7 1 9 9 9 9 9 9 9") == "4 9 6 8 8 7 1 9"
     assert trim_repetition("Yes. Yes. Yes. Yes. Yes") == "Yes."
     assert trim_repetition("double oh seven, 8 8 7 1") == "double oh seven, 8 8 7 1"
+    assert trim_repetition("Will we ever forget it? Will we ever forget it?") == "Will we ever forget it?"
+    assert trim_repetition("No. I said, will you come? Will you come?") == "No. I said, will you come? Will you come?"
+    assert trim_repetition("Hello? Hello?") == "Hello? Hello?"
+    assert trim_repetition("four one one one. four one one one.") == "four one one one. four one one one."
     assert trim_repetition("0 0 0 0 1") == "0 0 0 0 1"
 
 

@@ -76,7 +76,27 @@ def trim_repetition(text: str) -> str:
             rest = keys[end:]
             if (end - start) // period >= min_repeats and rest == pattern[: len(rest)]:
                 return " ".join(words[: start + period])
-    return text
+    return _trim_doubled_sentence(words, keys)
+
+
+def _trim_doubled_sentence(words: list[str], keys: list[str]) -> str:
+    """"Will we ever forget it? Will we ever forget it?" → once: tiny.en's commonest loop.
+
+    Only a whole closing sentence of 3+ words, 2+ of them not number words, repeated right after itself:
+    digits ("one one one one") and short real repeats ("Hello? Hello?") are kept.
+    """
+    n = len(keys)
+    for period in range(3, n // 2 + 1):
+        first, second = keys[n - 2 * period : n - period], keys[n - period :]
+        starts_sentence = n == 2 * period or words[n - 2 * period - 1].endswith((".", "?", "!"))
+        if (
+            first == second
+            and starts_sentence
+            and words[n - period - 1].endswith((".", "?", "!"))
+            and sum(k.isalpha() and k not in _NUMBER_WORDS for k in first) >= 2
+        ):
+            return " ".join(words[: n - period])
+    return " ".join(words)
 
 
 _MIN_REPEATS = {1: 5, 2: 4, 3: 3, 4: 3, 5: 3, 6: 3}
