@@ -263,17 +263,14 @@ def create_app(settings: Settings, engines: EngineRouter, sinks: list[Sink], sto
             return
         if gw.draining or gw.at_capacity:
             reason = "draining" if gw.draining else "capacity"
-            await refuse(
-                ws,
+            log.warning(
+                "media stream from %s refused: %s (%d/%d calls)",
+                facts.client_ip,
                 reason,
-                lambda: log.warning(
-                    "media stream from %s refused: %s (%d/%d calls)",
-                    facts.client_ip,
-                    reason,
-                    len(gw.calls),
-                    settings.max_calls,
-                ),
+                len(gw.calls),
+                settings.max_calls,
             )
+            await refuse(ws, reason)
             return
         await ws.accept()
         call = MediaCall(gw, ws)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Coroutine
 from contextlib import suppress
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketState
 
@@ -105,9 +105,9 @@ class MediaCall:
                 self._spawn(self.end("max_duration"))
                 return
 
-    def _spawn(self, coro: object) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         # end() closes the socket, which ends run(), which cancels this watchdog: run end() apart.
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        task = asyncio.ensure_future(coro)
         self.gw.background.add(task)
         task.add_done_callback(self.gw.background.discard)
 
@@ -117,9 +117,8 @@ class MediaCall:
                 await self.ws.close(code=code, reason=reason[:120])
 
 
-async def refuse(ws: WebSocket, reason: str, log_line: Callable[[], None]) -> None:
+async def refuse(ws: WebSocket, reason: str) -> None:
     """Accept, then close with 1013 and ``reason``: Twilio logs the reason; a 403 would say nothing."""
-    log_line()
     metrics.CALLS_REFUSED.labels(reason=reason).inc()
     await ws.accept()
     await ws.close(code=CLOSE_TRY_AGAIN_LATER, reason=f"callscribe {reason.replace('_', ' ')}")
